@@ -1,0 +1,41 @@
+# Copyright (c) autoreg_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Shared test fixtures: the real sample data folder and small seeded tensors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def sample_data_dir() -> Path:
+    """``$AUTOREG_SAMPLE_DATA`` or ``../shared/data`` next to the repository."""
+    env = os.environ.get("AUTOREG_SAMPLE_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    """The real sample data folder; tests using it are skipped where it is not present."""
+    root = sample_data_dir()
+    if not (root / "README.md").is_file():
+        pytest.skip(f"real sample data not found at {root} (set AUTOREG_SAMPLE_DATA)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -16,6 +16,15 @@ Optimizing Network Architectures and Objective Functions", IEEE Transactions on 
 
 from __future__ import annotations
 
+import warnings
+
+# MONAI warns on every Warp built without its C++ extension (the normal case), and its spatial_gradient
+# uses list indexing that torch flags; both are harmless here (our tests check the values) and would
+# bury a clinician's console under repeated warnings.
+warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing", module="monai")
+
+from . import data, search  # subpackages reachable as autoreg_monai.data, .search in bundle configs
 from ._version import __version__
 from .checkpoint import load_model, read_model_file, save_model
 from .io import atomic_write
@@ -72,6 +81,8 @@ __all__ = [
     "RegistrationLoss",
     "WarpedLabelDiceLoss",
     "__version__",
+    "data",
+    "search",
     "atomic_write",
     "build_similarities",
     "derive_cell_ops",

@@ -39,3 +39,15 @@ def sample_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_dir(tmp_path_factory):
+    """Generate demo data sets into the test session's temporary folder, never into the user's cache."""
+    previous = os.environ.get("AUTOREG_DEMO_DIR")
+    os.environ["AUTOREG_DEMO_DIR"] = str(tmp_path_factory.mktemp("demo"))
+    yield
+    if previous is None:
+        os.environ.pop("AUTOREG_DEMO_DIR", None)
+    else:
+        os.environ["AUTOREG_DEMO_DIR"] = previous

@@ -8,10 +8,41 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Data for AutoReg: generated phantom pairs (more loaders come with the bundles)."""
+"""Data for AutoReg: datalists and pairing, the embedded demo set, generated phantoms."""
 
 from __future__ import annotations
 
-from .phantom import PHANTOM_LABELS, make_phantom, make_phantom_pair, smooth_random_field
+from .datalist import PAIR_KEYS, PAIRINGS, find_labels, load_datalist, make_pairs
+from .demo import DEMO_SCENARIOS, demo_cache_dir, demo_datalist, scenario_datalist
+from .phantom import (
+    CONTRASTS,
+    PHANTOM_LABELS,
+    make_phantom,
+    make_phantom_pair,
+    phantom_labels,
+    random_diffeomorphism,
+    render_phantom,
+    smooth_random_field,
+    warp_label_map,
+)
 
-__all__ = ["PHANTOM_LABELS", "make_phantom", "make_phantom_pair", "smooth_random_field"]
+__all__ = [
+    "CONTRASTS",
+    "DEMO_SCENARIOS",
+    "PAIRINGS",
+    "PAIR_KEYS",
+    "PHANTOM_LABELS",
+    "demo_cache_dir",
+    "demo_datalist",
+    "find_labels",
+    "load_datalist",
+    "make_pairs",
+    "make_phantom",
+    "make_phantom_pair",
+    "phantom_labels",
+    "random_diffeomorphism",
+    "render_phantom",
+    "scenario_datalist",
+    "smooth_random_field",
+    "warp_label_map",
+]

@@ -22,18 +22,36 @@ from monai.networks.blocks import Warp
 
 from autoreg_monai.networks.blocks.diffeo import DiffeomorphicTransform, resize_image
 
-__all__ = ["PHANTOM_LABELS", "make_phantom", "make_phantom_pair", "smooth_random_field"]
+__all__ = [
+    "CONTRASTS",
+    "PHANTOM_LABELS",
+    "make_phantom",
+    "make_phantom_pair",
+    "phantom_labels",
+    "random_diffeomorphism",
+    "render_phantom",
+    "smooth_random_field",
+    "warp_label_map",
+]
 
 PHANTOM_LABELS: tuple[int, ...] = (1, 2, 3, 4, 5)
-"""Label values of :func:`make_phantom`: body, left and right lobes, central cavity, bright nodule."""
+"""Label values of the phantom: body, left and right lobes, central cavity, bright nodule."""
 
-# (centre offset from the middle, radii) as fractions of the size, then intensity; later ones overwrite earlier
+CONTRASTS: dict[str, tuple[float, ...]] = {
+    "t1": (0.45, 0.80, 0.70, 0.15, 1.00),
+    "t2": (0.55, 0.35, 0.42, 0.95, 0.20),
+}
+"""Intensity of each phantom structure (in :data:`PHANTOM_LABELS` order) per contrast. ``t2`` is not a
+monotone remapping of ``t1`` (the cavity is dark in one and bright in the other), as between real
+T1- and T2-weighted scans."""
+
+# (centre offset from the middle, radii) as fractions of the size; later structures overwrite earlier ones
 _STRUCTURES = (
-    ((0.0, 0.0, 0.0), (0.42, 0.40, 0.38), 0.45),
-    ((-0.14, 0.02, 0.0), (0.18, 0.28, 0.26), 0.80),
-    ((0.14, -0.02, 0.0), (0.18, 0.28, 0.26), 0.70),
-    ((0.0, 0.05, 0.02), (0.07, 0.14, 0.10), 0.15),
-    ((0.05, -0.20, -0.12), (0.07, 0.07, 0.07), 1.00),
+    ((0.0, 0.0, 0.0), (0.42, 0.40, 0.38)),
+    ((-0.14, 0.02, 0.0), (0.18, 0.28, 0.26)),
+    ((0.14, -0.02, 0.0), (0.18, 0.28, 0.26)),
+    ((0.0, 0.05, 0.02), (0.07, 0.14, 0.10)),
+    ((0.05, -0.20, -0.12), (0.07, 0.07, 0.07)),
 )
 
 
@@ -55,37 +73,85 @@ def smooth_random_field(
     return resize_image(coarse, shape)
 
 
-def make_phantom(
-    shape: Sequence[int], generator: torch.Generator | None = None, noise: float = 0.02
+def random_diffeomorphism(
+    shape: Sequence[int], magnitude: float, generator: torch.Generator | None = None, control_points: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """An ellipsoid "organ" phantom with a smooth bias field and noise.
+    """A smooth random stationary velocity field and its exponential.
 
     Args:
-        shape: spatial shape (2 or 3 axes).
-        generator: random generator for the jitter, bias and noise.
-        noise: standard deviation of the additive Gaussian noise.
+        shape: spatial shape ``S`` (2 or 3 axes).
+        magnitude: largest velocity component, voxels.
+        generator: random generator.
+        control_points: coarse grid size of the velocity (fewer points, smoother deformation).
 
     Returns:
-        ``(image, label)``: ``(1, 1, *S)`` float32 in ``[0, 1]`` and ``(1, 1, *S)`` int64 with values
-        ``0`` and :data:`PHANTOM_LABELS`.
+        ``(velocity, ddf)``, both ``(1, N, *S)`` in voxels; ``ddf = exp(velocity)`` is fold-free.
+    """
+    velocity = smooth_random_field(shape, len(shape), control_points, generator)
+    velocity = velocity * (magnitude / velocity.abs().max().clamp_min(1e-6))
+    return velocity, DiffeomorphicTransform(7)(velocity)
+
+
+def phantom_labels(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Label map of an ellipsoid "organ" with :data:`PHANTOM_LABELS` structures, ``(1, 1, *S)`` int64.
+
+    The generator jitters the position and size of every structure slightly.
     """
     dims = len(shape)
     if dims not in (2, 3):
         raise ValueError(f"phantoms are 2-D or 3-D, got shape {tuple(shape)}")
     axes = torch.meshgrid(*[torch.linspace(-0.5, 0.5, n) for n in shape], indexing="ij")
     label = torch.zeros(tuple(shape), dtype=torch.int64)
-    image = torch.zeros(tuple(shape))
-    for value, (centre, radii, intensity) in zip(PHANTOM_LABELS, _STRUCTURES):
+    for value, (centre, radii) in zip(PHANTOM_LABELS, _STRUCTURES):
         jitter = 0.02 * torch.randn(2 * dims, generator=generator)
         inside = torch.zeros(tuple(shape))
         for k in range(dims):
             inside = inside + ((axes[k] - centre[k] - jitter[k]) / (radii[k] * (1 + jitter[dims + k]))) ** 2
-        mask = inside <= 1.0
-        label[mask] = value
-        image[mask] = intensity
-    bias = 1.0 + 0.1 * smooth_random_field(shape, 1, 3, generator)[0, 0]
-    image = image * bias + noise * torch.randn(tuple(shape), generator=generator)
-    return image.clamp(0.0, 1.0)[None, None], label[None, None]
+        label[inside <= 1.0] = value
+    return label[None, None]
+
+
+def render_phantom(
+    label: torch.Tensor, contrast: str = "t1", generator: torch.Generator | None = None, noise: float = 0.02
+) -> torch.Tensor:
+    """Intensity image of a phantom label map: per-structure intensity, smooth bias field, Gaussian noise.
+
+    Args:
+        label: ``(1, 1, *S)`` label map with values 0 and :data:`PHANTOM_LABELS`.
+        contrast: a key of :data:`CONTRASTS`.
+        generator: random generator for the bias field and the noise.
+        noise: standard deviation of the additive noise.
+
+    Returns:
+        ``(1, 1, *S)`` float32 in ``[0, 1]``.
+    """
+    if contrast not in CONTRASTS:
+        raise ValueError(f"unknown contrast {contrast!r}; known: {sorted(CONTRASTS)}")
+    image = torch.zeros(label.shape)
+    for value, intensity in zip(PHANTOM_LABELS, CONTRASTS[contrast]):
+        image[label == value] = intensity
+    shape = label.shape[2:]
+    bias = 1.0 + 0.1 * smooth_random_field(shape, 1, 3, generator)
+    image = image * bias + noise * torch.randn(label.shape, generator=generator)
+    return image.clamp(0.0, 1.0)
+
+
+def warp_label_map(label: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour warp of an integer label map (``(1, 1, *S)``) by a displacement ``(1, N, *S)``."""
+    return Warp(mode="nearest", padding_mode="border")(label.float(), ddf).round().long()
+
+
+def make_phantom(
+    shape: Sequence[int], generator: torch.Generator | None = None, noise: float = 0.02, contrast: str = "t1"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ellipsoid phantom image and its label map.
+
+    Returns:
+        ``(image, label)``: ``(1, 1, *S)`` float32 in ``[0, 1]`` and ``(1, 1, *S)`` int64 with values
+        ``0`` and :data:`PHANTOM_LABELS`.
+    """
+    label = phantom_labels(shape, generator)
+    return render_phantom(label, contrast, generator, noise), label
 
 
 def make_phantom_pair(
@@ -107,16 +173,13 @@ def make_phantom_pair(
     """
     generator = torch.Generator().manual_seed(seed)
     fixed_image, fixed_label = make_phantom(shape, generator)
-    velocity = smooth_random_field(shape, len(shape), 4, generator)
-    velocity = velocity * (magnitude / velocity.abs().max().clamp_min(1e-6))
-    ddf = DiffeomorphicTransform(7)(velocity)
+    velocity, ddf = random_diffeomorphism(shape, magnitude, generator)
     moving_image = Warp(mode="bilinear", padding_mode="border")(fixed_image, ddf)
     moving_image = (moving_image + 0.01 * torch.randn(moving_image.shape, generator=generator)).clamp(0.0, 1.0)
-    moving_label = Warp(mode="nearest", padding_mode="border")(fixed_label.float(), ddf).round().long()
     return {
         "fixed_image": fixed_image,
         "fixed_label": fixed_label,
         "moving_image": moving_image,
-        "moving_label": moving_label,
+        "moving_label": warp_label_map(fixed_label, ddf),
         "velocity": velocity,
     }

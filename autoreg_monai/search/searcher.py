@@ -1,0 +1,277 @@
+# Copyright (c) autoreg_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The whole AutoReg search: three stages of :class:`AutoRegSearchTrainer`, each from fresh weights.
+
+This is what a bundle's ``search`` run id calls (``"search": ["$@searcher.run()"]``). The bundle config
+declares the pieces (data loaders, the network, losses and optimisers as callables); this class wires
+them into one engine per stage with MONAI/ignite handlers for logging, checkpoints and exports.
+
+Outputs in ``output_dir``::
+
+    genotype.json                       the searched genotype: operations and λ (after the objective stage)
+    search/<stage>/genotype.json        the genotype after each stage
+    search/<stage>/alpha_heatmap.png    softmax(α) per edge, chosen operations boxed (paper Fig. 3)
+    search/<stage>/lambda_trajectory.png
+    search/<stage>/history.json         losses, λ and softmax(α) per epoch
+    search/<stage>/checkpoint_<epoch>.pt  resumable checkpoints (ω, α, λ, optimisers, engine, handlers)
+    search/<stage>/logs/                TensorBoard event files
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.contrib.handlers import ProgressBar
+from ignite.engine import Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader, StatsHandler, TensorBoardStatsHandler
+from monai.utils import set_determinism
+from torch.nn.modules.loss import _Loss
+
+from autoreg_monai.losses.registration import RegistrationLoss
+from autoreg_monai.networks.genotype import Genotype, loss_term_names
+from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
+from autoreg_monai.search.handlers import RankingStabilityStopper, SearchRecorder, StageExporter
+from autoreg_monai.search.trainer import AutoRegSearchTrainer, SearchStage
+
+__all__ = ["AutoRegSearch", "format_genotype"]
+
+logger = logging.getLogger(__name__)
+
+_PREVIOUS = {SearchStage.DEFORMATION: SearchStage.FEATURE, SearchStage.OBJECTIVE: SearchStage.DEFORMATION}
+
+
+def format_genotype(genotype: Genotype) -> str:
+    """A readable table of a genotype: one row per cell and scale, then λ."""
+    rows = [f"{'cell':<12}{'scale':<7}{'edge 1':<15}{'edge 2':<15}{'edge 3':<15}"]
+    for cell, ops in (("feature", genotype.feature), ("deformation", genotype.deformation)):
+        for scale, scale_ops in enumerate(ops):
+            rows.append(f"{cell:<12}{'1/' + str(2 ** (scale + 1)):<7}" + "".join(f"{op:<15}" for op in scale_ops))
+    names = loss_term_names(len(genotype.loss_weights))
+    rows.append("loss weights: " + ", ".join(f"{n} {w:.4g}" for n, w in zip(names, genotype.loss_weights)))
+    return "\n".join(rows)
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.glob("checkpoint_*.pt")
+        if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", p.name))
+    ]
+    return max(found)[1] if found else None
+
+
+class AutoRegSearch:
+    """Run the AutoReg search stages: α_F, then α_D, then λ, re-initialising ω for each.
+
+    Args:
+        network_def: builds an :class:`AutoRegSearchNet`, called with ``feature_ops``, ``deformation_ops``
+            and ``loss_weights`` for the later stages (in a bundle: the network with ``"_mode_": "callable"``).
+        train_loader: training pairs.
+        val_loader: validation pairs with labels.
+        registration_loss: ``L_reg``.
+        label_loss: warped-label Dice loss (objective stage).
+        weight_optimizer: ``params -> optimizer`` for ω (paper: Adam, lr 1e-4).
+        arch_optimizer: ``params -> optimizer`` for α (paper: Adam, lr 1e-4, betas (0.5, 0.999)).
+        hyper_optimizer: ``params -> optimizer`` for λ (paper: Adam, lr 4e-3, betas (0.5, 0.999)).
+        output_dir: where the outputs go (see the module docstring).
+        device: ``"cpu"``, ``"cuda"``, or a ``torch.device``.
+        max_epochs: maximum epochs per stage (paper: 45).
+        warmup_epochs: ω-only epochs at the start of each stage; default ``max_epochs // 3`` (authors' code: 15 of 45).
+        patience: a stage ends when its ranking is unchanged this many epochs (paper: 10).
+        order: ``"second"`` or ``"first"`` (α stages only; λ always uses ``second``).
+        xi: virtual step size; default: the ω learning rate.
+        fd_radius: finite-difference radius ``r``.
+        genotype: a genotype (file, dict or :class:`Genotype`) to start later stages from, instead of the
+            previous stage's output; required to run ``deformation``/``objective`` on their own without it.
+        resume: continue each unfinished stage from its newest checkpoint, and skip finished stages.
+        seed: random seed (each stage uses ``seed + stage index``).
+        keep_checkpoints: how many epoch checkpoints to keep per stage.
+        epoch_length: iterations per epoch (default: all training pairs).
+        progress: show a progress bar.
+        handlers: more MONAI/ignite handlers (objects with ``attach(engine)``), attached to every stage's engine.
+    """
+
+    def __init__(
+        self,
+        network_def: Callable[..., AutoRegSearchNet],
+        train_loader: Iterable,
+        val_loader: Iterable,
+        registration_loss: RegistrationLoss,
+        label_loss: _Loss | None,
+        weight_optimizer: Callable[..., torch.optim.Optimizer],
+        arch_optimizer: Callable[..., torch.optim.Optimizer],
+        hyper_optimizer: Callable[..., torch.optim.Optimizer],
+        output_dir: str | Path,
+        device: str | torch.device = "cpu",
+        max_epochs: int = 45,
+        warmup_epochs: int | None = None,
+        patience: int = 10,
+        order: str = "second",
+        xi: float | None = None,
+        fd_radius: float = 0.01,
+        genotype: str | Path | Mapping | Genotype | None = None,
+        resume: bool = False,
+        seed: int = 0,
+        keep_checkpoints: int = 2,
+        epoch_length: int | None = None,
+        progress: bool = True,
+        handlers: Sequence[Any] | None = None,
+    ) -> None:
+        warmup_epochs = max_epochs // 3 if warmup_epochs is None else warmup_epochs
+        if max_epochs < 1 or not 0 <= warmup_epochs < max_epochs:
+            raise ValueError(
+                f"need max_epochs >= 1 and 0 <= warmup_epochs < max_epochs, got {max_epochs}, {warmup_epochs}"
+            )
+        self.network_def = network_def
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.registration_loss = registration_loss
+        self.label_loss = label_loss
+        self.weight_optimizer = weight_optimizer
+        self.arch_optimizer = arch_optimizer
+        self.hyper_optimizer = hyper_optimizer
+        self.output_dir = Path(output_dir)
+        self.device = torch.device(device)
+        self.max_epochs = max_epochs
+        self.warmup_epochs = warmup_epochs
+        self.patience = patience
+        self.order = order
+        self.xi = xi
+        self.fd_radius = fd_radius
+        self.genotype = None if genotype is None else self._read_genotype(genotype)
+        self.resume = resume
+        self.seed = seed
+        self.keep_checkpoints = keep_checkpoints
+        self.epoch_length = epoch_length
+        self.progress = progress
+        self.handlers = list(handlers or [])
+
+    @staticmethod
+    def _read_genotype(genotype: str | Path | Mapping | Genotype) -> Genotype:
+        if isinstance(genotype, Genotype):
+            return genotype
+        if isinstance(genotype, Mapping):
+            return Genotype.from_dict(genotype)
+        return Genotype.from_json(genotype)
+
+    def stage_dir(self, stage: SearchStage | str) -> Path:
+        """The output folder of one stage."""
+        return self.output_dir / "search" / SearchStage(stage).value
+
+    def _start_genotype(self, stage: SearchStage) -> Genotype | None:
+        if stage == SearchStage.FEATURE:
+            return None
+        if self.genotype is not None:
+            return self.genotype
+        previous = self.stage_dir(_PREVIOUS[stage]) / "genotype.json"
+        if not previous.is_file():
+            raise ValueError(
+                f"the {stage.value} stage starts from the {_PREVIOUS[stage].value} stage's genotype, but {previous} "
+                "does not exist: run the earlier stage first, or give a genotype (--genotype FILE)"
+            )
+        return Genotype.from_json(previous)
+
+    def _build_network(self, stage: SearchStage, start: Genotype | None) -> AutoRegSearchNet:
+        if start is None:
+            return self.network_def()
+        if stage == SearchStage.DEFORMATION:
+            return self.network_def(feature_ops=start.feature, loss_weights=start.loss_weights)
+        return self.network_def(
+            feature_ops=start.feature, deformation_ops=start.deformation, loss_weights=start.loss_weights
+        )
+
+    def run_stage(self, stage: SearchStage | str) -> Genotype:
+        """Run one stage (from scratch, or from its newest checkpoint with ``resume``); return its genotype."""
+        stage = SearchStage(stage)
+        folder = self.stage_dir(stage)
+        if self.resume and (folder / "genotype.json").is_file():
+            logger.info(f"{stage.value} stage already finished ({folder / 'genotype.json'}): skipped")
+            return Genotype.from_json(folder / "genotype.json")
+        folder.mkdir(parents=True, exist_ok=True)
+        set_determinism(self.seed + list(SearchStage).index(stage))
+        network = self._build_network(stage, self._start_genotype(stage)).to(self.device)
+        upper = {
+            SearchStage.FEATURE: ([network.alpha_feature], self.arch_optimizer),
+            SearchStage.DEFORMATION: ([network.alpha_deformation], self.arch_optimizer),
+            SearchStage.OBJECTIVE: (network.hyper_parameters(), self.hyper_optimizer),
+        }
+        variables, make_optimizer = upper[stage]
+        weight_optimizer = self.weight_optimizer(network.weight_parameters())
+        upper_optimizer = make_optimizer(variables)
+        recorder = SearchRecorder(network, folder / "history.json")
+        stopper = RankingStabilityStopper(lambda: variables, self.patience, self.warmup_epochs)
+        trainer = AutoRegSearchTrainer(
+            device=self.device,
+            max_epochs=self.max_epochs,
+            train_data_loader=self.train_loader,
+            val_data_loader=self.val_loader,
+            network=network,
+            stage=stage,
+            weight_optimizer=weight_optimizer,
+            upper_optimizer=upper_optimizer,
+            registration_loss=self.registration_loss.to(self.device),
+            label_loss=None if self.label_loss is None else self.label_loss.to(self.device),
+            warmup_epochs=self.warmup_epochs,
+            order="second" if stage == SearchStage.OBJECTIVE else self.order,
+            xi=self.xi,
+            fd_radius=self.fd_radius,
+            epoch_length=self.epoch_length,
+        )
+        state = {
+            "network": network,
+            "weight_optimizer": weight_optimizer,
+            "upper_optimizer": upper_optimizer,
+            "trainer": trainer,
+            "recorder": recorder,
+            "stopper": stopper,
+        }
+        latest = _latest_checkpoint(folder) if self.resume else None
+        if latest is not None:
+            CheckpointLoader(load_path=str(latest), load_dict=state, map_location=self.device).attach(trainer)
+            logger.info(f"{stage.value} stage resumes from {latest}")
+        # order matters: record and decide on stopping before the checkpoint of the epoch is written
+        recorder.attach(trainer)
+        stopper.attach(trainer)
+        saver = Checkpoint(
+            state,
+            DiskSaver(str(folder), require_empty=False, atomic=True),
+            filename_prefix="",
+            n_saved=self.keep_checkpoints,
+            global_step_transform=lambda engine, _: engine.state.epoch,
+        )
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
+        StatsHandler(iteration_log=False, tag_name=f"search[{stage.value}]").attach(trainer)
+        TensorBoardStatsHandler(log_dir=str(folder / "logs"), iteration_log=False).attach(trainer)
+        StageExporter(network, recorder, folder, title=f"AutoReg search, {stage.value} stage").attach(trainer)
+        for handler in self.handlers:
+            handler.attach(trainer)
+        if self.progress:
+            ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
+        trainer.run()
+        genotype = network.genotype()
+        logger.info(f"{stage.value} stage finished after epoch {trainer.state.epoch}:\n{format_genotype(genotype)}")
+        return genotype
+
+    def run(self) -> Genotype:
+        """Run the three stages in order; write and print the searched genotype."""
+        genotypes = [self.run_stage(stage) for stage in SearchStage]
+        genotype = genotypes[-1]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        genotype.to_json(self.output_dir / "genotype.json")
+        table = format_genotype(genotype)
+        print(f"\nSearched genotype ({self.output_dir / 'genotype.json'}):\n{table}", flush=True)
+        return genotype

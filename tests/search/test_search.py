@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
@@ -147,3 +148,22 @@ def test_search_config_parses(at_repo_root):
         assert parser.get(run_id)
     assert parser.get_parsed_content("network_def", instantiate=True).func is not None
     assert parser["bundle_root"] == "bundles/brain_t1"
+
+
+def test_search_runs_on_a_user_datalist_of_real_scans(tmp_path, sample_data, at_repo_root):
+    """`--dataset_dir` with a datalist.json of real IXI T1 scans and DLMUSE labels (pairwise pairing)."""
+    subjects = ["IXI012-HH-1211", "IXI013-HH-1212", "IXI014-HH-1236", "IXI033-HH-1259"]
+    folder = sample_data / "ixi_dlmuse"
+
+    def item(name):
+        return {"image": str(folder / f"{name}_T1w_2mm.nii.gz"), "label": str(folder / f"{name}_dlmuse_2mm.nii.gz")}
+
+    dataset = tmp_path / "study"
+    dataset.mkdir()
+    datalist = {"training": [item(s) for s in subjects[:2]], "validation": [item(s) for s in subjects[2:]]}
+    (dataset / "datalist.json").write_text(json.dumps(datalist))
+    searcher = _searcher(tmp_path / "out", dataset_dir=str(dataset), pairing="pairwise", max_epochs=1)
+    genotype = searcher.run_stage("feature")
+    history = json.loads((tmp_path / "out" / "search" / "feature" / "history.json").read_text())
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and np.isfinite(history[0]["upper_loss"])
+    assert genotype == Genotype.from_json(tmp_path / "out" / "search" / "feature" / "genotype.json")

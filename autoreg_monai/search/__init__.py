@@ -15,7 +15,7 @@ from __future__ import annotations
 from .handlers import RankingStabilityStopper, SearchRecorder, StageExporter, variable_ranking
 from .hypergrad import HYPERGRADIENT_ORDERS, hypergradient
 from .searcher import AutoRegSearch, format_genotype
-from .trainer import AutoRegSearchTrainer, SearchStage, prepare_pair
+from .trainer import AutoRegSearchTrainer, SearchStage, prepare_pair, stage_variables
 
 __all__ = [
     "HYPERGRADIENT_ORDERS",
@@ -28,5 +28,6 @@ __all__ = [
     "format_genotype",
     "hypergradient",
     "prepare_pair",
+    "stage_variables",
     "variable_ranking",
 ]

@@ -45,7 +45,7 @@ from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.networks.genotype import Genotype, loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
 from autoreg_monai.search.handlers import RankingStabilityStopper, SearchRecorder, StageExporter
-from autoreg_monai.search.trainer import AutoRegSearchTrainer, SearchStage
+from autoreg_monai.search.trainer import AutoRegSearchTrainer, SearchStage, stage_variables
 
 __all__ = ["AutoRegSearch", "format_genotype"]
 
@@ -204,12 +204,8 @@ class AutoRegSearch:
         folder.mkdir(parents=True, exist_ok=True)
         set_determinism(self.seed + list(SearchStage).index(stage))
         network = self._build_network(stage, self._start_genotype(stage)).to(self.device)
-        upper = {
-            SearchStage.FEATURE: ([network.alpha_feature], self.arch_optimizer),
-            SearchStage.DEFORMATION: ([network.alpha_deformation], self.arch_optimizer),
-            SearchStage.OBJECTIVE: (network.hyper_parameters(), self.hyper_optimizer),
-        }
-        variables, make_optimizer = upper[stage]
+        variables = stage_variables(network, stage)
+        make_optimizer = self.hyper_optimizer if stage == SearchStage.OBJECTIVE else self.arch_optimizer
         weight_optimizer = self.weight_optimizer(network.weight_parameters())
         upper_optimizer = make_optimizer(variables)
         recorder = SearchRecorder(network, folder / "history.json")

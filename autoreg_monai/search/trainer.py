@@ -27,11 +27,12 @@ from torch.func import functional_call
 from torch.nn.modules.loss import _Loss
 from torch.utils.data import DataLoader
 
+from autoreg_monai.data.datalist import PAIR_KEYS
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
 from autoreg_monai.search.hypergrad import HYPERGRADIENT_ORDERS, hypergradient
 
-__all__ = ["AutoRegSearchTrainer", "SearchStage", "prepare_pair"]
+__all__ = ["AutoRegSearchTrainer", "SearchStage", "prepare_pair", "stage_variables"]
 
 
 class SearchStage(str, Enum):
@@ -44,8 +45,24 @@ class SearchStage(str, Enum):
 
 def prepare_pair(batch: Mapping[str, Any], device: torch.device, non_blocking: bool = False) -> dict[str, torch.Tensor]:
     """Plain tensors on ``device`` for the pair keys present in a collated batch (MetaTensor metadata dropped)."""
-    keys = ("moving_image", "fixed_image", "moving_label", "fixed_label")
-    return {k: torch.as_tensor(batch[k]).to(device, non_blocking=non_blocking) for k in keys if k in batch}
+    return {k: torch.as_tensor(batch[k]).to(device, non_blocking=non_blocking) for k in PAIR_KEYS if k in batch}
+
+
+def stage_variables(network: AutoRegSearchNet, stage: SearchStage | str) -> list[torch.Tensor]:
+    """The upper variables a stage learns: α_F, α_D, or the parameters behind λ.
+
+    Raises:
+        ValueError: the network has fixed the cell type the stage searches.
+    """
+    stage = SearchStage(stage)
+    variables = {
+        SearchStage.FEATURE: [network.alpha_feature],
+        SearchStage.DEFORMATION: [network.alpha_deformation],
+        SearchStage.OBJECTIVE: network.hyper_parameters(),
+    }[stage]
+    if any(v is None for v in variables):
+        raise ValueError(f"the {stage.value} stage searches a cell type that this network has fixed")
+    return variables
 
 
 class AutoRegSearchTrainer(Trainer):
@@ -98,13 +115,7 @@ class AutoRegSearchTrainer(Trainer):
         stage = SearchStage(stage)
         if order not in HYPERGRADIENT_ORDERS:
             raise ValueError(f"order must be one of {HYPERGRADIENT_ORDERS}, got {order!r}")
-        upper = {
-            SearchStage.FEATURE: [network.alpha_feature],
-            SearchStage.DEFORMATION: [network.alpha_deformation],
-            SearchStage.OBJECTIVE: network.hyper_parameters(),
-        }[stage]
-        if any(u is None for u in upper):
-            raise ValueError(f"the {stage.value} stage searches a cell type that this network has fixed")
+        upper = stage_variables(network, stage)
         if stage == SearchStage.OBJECTIVE:
             if network.arch_parameters():
                 raise ValueError(

@@ -63,3 +63,15 @@ def test_figures_are_readable_pngs(tmp_path):
         assert pixels[..., :3].std() > 0.05  # not a blank canvas
     with pytest.raises(ValueError, match="one row of 4 loss weights per epoch"):
         plot_loss_weight_trajectory([[1.0, 2.0]], loss_term_names(4), tmp_path / "bad.png")
+
+
+def test_stage_variables_follow_the_stage_and_refuse_fixed_cells():
+    from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
+    from autoreg_monai.search.trainer import stage_variables
+
+    feature = (("conv_3x3",) * 3,) * 2
+    net = AutoRegSearchNet(feature_channels=(2, 4), deformation_channels=(4, 4, 2), feature_ops=feature)
+    assert stage_variables(net, "deformation") == [net.alpha_deformation]
+    assert stage_variables(net, "objective") == [net.loss_weights_raw]
+    with pytest.raises(ValueError, match="the feature stage searches a cell type that this network has fixed"):
+        stage_variables(net, "feature")

@@ -24,7 +24,7 @@ import warnings
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing", module="monai")
 
-from . import data, search  # subpackages reachable as autoreg_monai.data, .search in bundle configs
+from . import data, engines, search  # subpackages reachable as autoreg_monai.data, ... in bundle configs
 from ._version import __version__
 from .checkpoint import load_model, read_model_file, save_model
 from .io import atomic_write
@@ -51,6 +51,7 @@ from .networks import (
     OPS,
     PRIMITIVES,
     AutoRegNet,
+    AutoRegPairNet,
     AutoRegSearchNet,
     ComposeDDF,
     DeformationCell,
@@ -69,6 +70,7 @@ __all__ = [
     "OPS",
     "PRIMITIVES",
     "AutoRegNet",
+    "AutoRegPairNet",
     "AutoRegSearchNet",
     "ComposeDDF",
     "DeformationCell",
@@ -82,6 +84,7 @@ __all__ = [
     "WarpedLabelDiceLoss",
     "__version__",
     "data",
+    "engines",
     "search",
     "atomic_write",
     "build_similarities",

@@ -17,9 +17,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_write"]
+import nibabel as nib
+import numpy as np
+from monai.data import NibabelWriter
+
+__all__ = ["AtomicNibabelWriter", "DisplacementFieldWriter", "atomic_write"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -55,3 +59,47 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` writing to a temporary name next to the target, then renaming it.
+
+    Give it to ``SaveImage``/``SaveImaged`` as ``writer="autoreg_monai.io.AtomicNibabelWriter"``: an
+    interrupted run leaves either no file or a complete one.
+    """
+
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
+        path = Path(filename)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".", suffix=f".tmp-{path.name}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class DisplacementFieldWriter(AtomicNibabelWriter):
+    """Write a ``(3, X, Y, Z)`` displacement field as an ITK-style NIfTI vector image.
+
+    The file holds ``(X, Y, Z, 1, 3)`` with intent ``vector`` and millimetre units, the layout ITK,
+    SimpleITK and ANTs read as a displacement field. The vector components are whatever the caller
+    stored; :mod:`autoreg_monai.inference` stores physical displacements in ITK's LPS frame.
+    """
+
+    @classmethod
+    def create_backend_obj(cls, data_array: Any, affine: Any = None, dtype: Any = None, **kwargs: Any) -> Any:
+        image = super().create_backend_obj(data_array, affine=affine, dtype=dtype, **kwargs)
+        data = np.asanyarray(image.dataobj)
+        if data.ndim != 4 or data.shape[-1] != 3:
+            raise ValueError(f"a displacement field must be (X, Y, Z, 3) channel-last, got {data.shape}")
+        field = nib.Nifti1Image(data[:, :, :, None, :], image.affine, header=image.header)
+        field.header.set_intent("vector")
+        field.header.set_xyzt_units("mm")
+        return field

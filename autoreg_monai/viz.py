@@ -25,7 +25,7 @@ from matplotlib.patches import Rectangle
 
 from autoreg_monai.io import atomic_write
 
-__all__ = ["plot_alpha_heatmaps", "plot_loss_weight_trajectory"]
+__all__ = ["field_to_rgb", "plot_alpha_heatmaps", "plot_loss_weight_trajectory", "plot_registration_panel"]
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -103,6 +103,75 @@ def plot_loss_weight_trajectory(
         ax.grid(True, alpha=0.3)
         ax.set_xlabel("epoch", fontsize=8)
         ax.ticklabel_format(axis="y", useOffset=False)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def field_to_rgb(ddf: np.ndarray) -> np.ndarray:
+    """Colour a displacement field: each component to one RGB channel, 0.5 meaning no displacement.
+
+    Args:
+        ddf: ``(3, *S)`` (or ``(2, *S)``, blue left at 0.5).
+
+    Returns:
+        ``(*S, 3)`` in ``[0, 1]``, components scaled by the field's largest absolute value.
+    """
+    ddf = np.asarray(ddf, dtype=float)
+    scale = float(np.abs(ddf).max()) or 1.0
+    rgb = np.full((*ddf.shape[1:], 3), 0.5)
+    for c in range(min(3, ddf.shape[0])):
+        rgb[..., c] = 0.5 + 0.5 * ddf[c] / scale
+    return rgb
+
+
+def plot_registration_panel(
+    fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray, ddf: np.ndarray, path: str | Path, title: str = ""
+) -> Path:
+    """The paper's Fig. 5 layout: one row per axis through the volume centre.
+
+    Columns: fixed, moving, warped moving, the displacement field as RGB, ``|moving - fixed|`` (before)
+    and ``|warped - fixed|`` (after), the differences on one shared scale.
+
+    Args:
+        fixed: ``(D, H, W)`` image.
+        moving: ``(D, H, W)`` image on the same grid.
+        warped: ``(D, H, W)`` moving image after registration.
+        ddf: ``(3, D, H, W)`` displacement field.
+        path: output PNG.
+        title: figure title (e.g. the pair's name).
+    """
+    volumes = [np.asarray(v, dtype=float) for v in (fixed, moving, warped)]
+    if volumes[0].ndim != 3 or any(v.shape != volumes[0].shape for v in volumes) or ddf.shape[1:] != fixed.shape:
+        raise ValueError(
+            f"need three (D, H, W) images and a (3, D, H, W) field on one grid, got {[v.shape for v in volumes]} "
+            f"and {tuple(ddf.shape)}"
+        )
+    fixed, moving, warped = volumes
+    rgb = field_to_rgb(ddf)
+    before, after = np.abs(moving - fixed), np.abs(warped - fixed)
+    diff_max = max(float(before.max()), float(after.max())) or 1.0
+    low, high = float(min(v.min() for v in volumes)), float(max(v.max() for v in volumes))
+    names = ["fixed", "moving", "warped", "field (RGB = axes 0,1,2)", "|moving - fixed|", "|warped - fixed|"]
+    fig, axes = plt.subplots(3, 6, figsize=(13.0, 7.0), squeeze=False, layout="constrained")
+    for axis in range(3):
+        index = fixed.shape[axis] // 2
+
+        def cut(volume: np.ndarray, axis: int = axis, index: int = index) -> np.ndarray:
+            return np.rot90(np.take(volume, index, axis=axis))
+
+        row = axes[axis]
+        for ax, volume in zip(row[:3], (fixed, moving, warped)):
+            ax.imshow(cut(volume), cmap="gray", vmin=low, vmax=high)
+        row[3].imshow(np.rot90(np.take(rgb, index, axis=axis)))
+        for ax, volume in zip(row[4:], (before, after)):
+            ax.imshow(cut(volume), cmap="magma", vmin=0.0, vmax=diff_max)
+        for k, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if axis == 0:
+                ax.set_title(names[k], fontsize=9)
+        row[0].set_ylabel(f"axis {axis}, slice {index}", fontsize=9)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

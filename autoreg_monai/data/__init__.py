@@ -13,7 +13,16 @@
 from __future__ import annotations
 
 from .datalist import PAIR_KEYS, PAIRINGS, find_labels, load_datalist, make_pairs
-from .demo import DEMO_SCENARIOS, demo_cache_dir, demo_datalist, scenario_datalist
+from .demo import (
+    BRAIN_LABELS,
+    DEMO_SCENARIOS,
+    demo_cache_dir,
+    demo_datalist,
+    demo_label_names,
+    inference_pairs,
+    scenario_datalist,
+)
+from .knee import KNEE_LABELS, knee_label_map, knee_tissue_map, render_knee
 from .phantom import (
     CONTRASTS,
     PHANTOM_LABELS,
@@ -27,20 +36,27 @@ from .phantom import (
 )
 
 __all__ = [
+    "BRAIN_LABELS",
     "CONTRASTS",
     "DEMO_SCENARIOS",
+    "KNEE_LABELS",
     "PAIRINGS",
     "PAIR_KEYS",
     "PHANTOM_LABELS",
     "demo_cache_dir",
     "demo_datalist",
+    "demo_label_names",
     "find_labels",
+    "inference_pairs",
+    "knee_label_map",
+    "knee_tissue_map",
     "load_datalist",
     "make_pairs",
     "make_phantom",
     "make_phantom_pair",
     "phantom_labels",
     "random_diffeomorphism",
+    "render_knee",
     "render_phantom",
     "scenario_datalist",
     "smooth_random_field",

@@ -17,7 +17,8 @@ subject and re-rendered with its own intensity curve, bias field and noise, with
   shipped inside the ``nilearn`` package (read from its files, nothing is downloaded), cropped to the
   brain; labels are 1 CSF, 2 grey matter, 3 white matter; the T2-like contrast is rendered from the
   tissue maps (CSF bright, white matter dark);
-- ``knee_t1``: the ellipsoid phantom of :mod:`autoreg_monai.data.phantom`.
+- ``knee_t1``: the synthetic knee of :mod:`autoreg_monai.data.knee` (femur, tibia, femoral and tibial
+  cartilage in a leg of muscle and fat, T1-like intensities): generated, not scanned.
 
 The set is deterministic given the seed and cached (``$AUTOREG_DEMO_DIR`` or
 ``~/.cache/autoreg_monai/demo``); it is written to a temporary folder and renamed, so an interrupted
@@ -41,14 +42,9 @@ import numpy as np
 import torch
 from monai.networks.blocks import Warp
 
-from autoreg_monai.data.datalist import load_datalist
-from autoreg_monai.data.phantom import (
-    phantom_labels,
-    random_diffeomorphism,
-    render_phantom,
-    smooth_random_field,
-    warp_label_map,
-)
+from autoreg_monai.data.datalist import load_datalist, make_pairs
+from autoreg_monai.data.knee import KNEE_LABELS, knee_label_map, knee_tissue_map, render_knee
+from autoreg_monai.data.phantom import random_diffeomorphism, smooth_random_field, warp_label_map
 from autoreg_monai.networks.blocks.diffeo import resize_image
 
 __all__ = [
@@ -57,23 +53,33 @@ __all__ = [
     "DEMO_VERSION",
     "demo_cache_dir",
     "demo_datalist",
+    "demo_label_names",
+    "inference_pairs",
     "mni_brain_atlas",
     "scenario_datalist",
 ]
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 """Bumped whenever the generator changes, so stale caches are not reused."""
 
 DEMO_SCENARIOS: dict[str, tuple[str, tuple[str, ...]]] = {
     "brain_t1": ("mni152", ("t1",)),
     "brain_t2": ("mni152", ("t2",)),
     "brain_t1t2": ("mni152", ("t1", "t2")),
-    "knee_t1": ("phantom", ("t1",)),
+    "knee_t1": ("knee", ("t1",)),
 }
 """Per scenario: the atlas source and the contrasts written per subject (two give ``image_t1``/``image_t2``)."""
 
 BRAIN_LABELS: dict[int, str] = {1: "cerebrospinal fluid", 2: "grey matter", 3: "white matter"}
 """Label values of the brain demo set."""
+
+
+def demo_label_names(scenario: str) -> dict[int, str]:
+    """``{label value: structure name}`` of a demo scenario's label maps."""
+    if scenario not in DEMO_SCENARIOS:
+        raise ValueError(f"unknown demo scenario {scenario!r}; known: {sorted(DEMO_SCENARIOS)}")
+    return dict(KNEE_LABELS if DEMO_SCENARIOS[scenario][0] == "knee" else BRAIN_LABELS)
+
 
 _T2_TISSUE_INTENSITY = (0.95, 0.55, 0.30)  # CSF, grey matter, white matter in a T2-weighted image
 
@@ -145,20 +151,23 @@ def _generate(folder: Path, source: str, contrasts: tuple[str, ...], counts: dic
     if source == "mni152":
         atlas_tissue, atlas_label, spacing = mni_brain_atlas(size)
     else:
-        atlas_label, atlas_tissue, spacing = phantom_labels(shape, generator), None, 128.0 / size
+        atlas_tissue, spacing = knee_tissue_map(shape, generator), 140.0 / size
+        atlas_label = knee_label_map(atlas_tissue)
 
     def subject(name: str, ddf: torch.Tensor | None) -> dict[str, str]:
-        label = atlas_label if ddf is None else warp_label_map(atlas_label, ddf)
+        if source == "mni152":
+            label = atlas_label if ddf is None else warp_label_map(atlas_label, ddf)
+            tissue = atlas_tissue if ddf is None else Warp(padding_mode="zeros")(atlas_tissue, ddf)
+        else:
+            tissue = atlas_tissue if ddf is None else warp_label_map(atlas_tissue, ddf)
+            label = knee_label_map(tissue)
         _save_nifti(label, folder / f"{name}_label.nii.gz", spacing, np.int16)
         item = {"label": f"{name}_label.nii.gz"}
-        tissue = None
-        if atlas_tissue is not None:
-            tissue = atlas_tissue if ddf is None else Warp(padding_mode="zeros")(atlas_tissue, ddf)
         for contrast in contrasts:
-            if tissue is not None:
+            if source == "mni152":
                 image = _render_brain(tissue, contrast, generator)
             else:
-                image = render_phantom(label, contrast, generator)
+                image = render_knee(tissue, generator)
             key = "image" if len(contrasts) == 1 else f"image_{contrast}"
             item[key] = f"{name}_{contrast}.nii.gz"
             _save_nifti(image, folder / item[key], spacing, np.float32)
@@ -238,3 +247,42 @@ def scenario_datalist(
     if dataset_dir is None or str(dataset_dir) == "":
         return demo_datalist(scenario, **dict(demo_options or {}))
     return load_datalist(dataset_dir)
+
+
+def inference_pairs(
+    moving: str | Path | None = None,
+    fixed: str | Path | None = None,
+    moving_label: str | Path | None = None,
+    dataset_dir: str | Path | None = None,
+    scenario: str = "brain_t1",
+    demo_options: Mapping[str, Any] | None = None,
+    pairing: str = "atlas",
+    split: str = "test",
+) -> list[dict[str, str]]:
+    """The pairs an inference run registers: one given pair, or the pairs of a datalist split.
+
+    Args:
+        moving: moving image file (NIfTI, NRRD, MHA) or DICOM series folder; with ``fixed``, registers this pair.
+        fixed: fixed image file or DICOM series folder.
+        moving_label: optional label map of ``moving``, warped along.
+        dataset_dir: otherwise, the datalist to pair (see :func:`scenario_datalist`; ``None``: the demo set).
+        scenario: demo scenario.
+        demo_options: demo set options.
+        pairing: how the datalist's subjects are paired (see :func:`~autoreg_monai.data.make_pairs`).
+        split: the datalist split to register.
+
+    Raises:
+        ValueError: only one of ``moving`` and ``fixed`` given, or a given path does not exist.
+    """
+    if moving is None and fixed is None:
+        return make_pairs(scenario_datalist(dataset_dir, scenario, demo_options), split, pairing)
+    if moving is None or fixed is None:
+        raise ValueError("give both a moving and a fixed image (--moving FILE --fixed FILE), or neither")
+    pair = {"moving_image": str(moving), "fixed_image": str(fixed)}
+    if moving_label is not None:
+        pair["moving_label"] = str(moving_label)
+    for key, path in pair.items():
+        if not Path(path).exists():
+            raise ValueError(f"{path}: {key.replace('_', ' ')} not found")
+    pair["pair"] = f"{Path(str(moving)).name} -> {Path(str(fixed)).name}"
+    return [pair]

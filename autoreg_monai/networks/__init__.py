@@ -24,13 +24,14 @@ from .blocks import (
     resize_image,
 )
 from .genotype import DEFAULT_LOSS_WEIGHTS, Genotype, derive_cell_ops, loss_term_names
-from .nets import AutoRegNet, AutoRegSearchNet
+from .nets import AutoRegNet, AutoRegPairNet, AutoRegSearchNet
 
 __all__ = [
     "DEFAULT_LOSS_WEIGHTS",
     "OPS",
     "PRIMITIVES",
     "AutoRegNet",
+    "AutoRegPairNet",
     "AutoRegSearchNet",
     "ComposeDDF",
     "DeformationCell",

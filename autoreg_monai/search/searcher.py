@@ -28,7 +28,6 @@ Outputs in ``output_dir``::
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from monai.handlers import CheckpointLoader, StatsHandler, TensorBoardStatsHandl
 from monai.utils import set_determinism
 from torch.nn.modules.loss import _Loss
 
+from autoreg_monai.engines.checkpoint import latest_checkpoint
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.networks.genotype import Genotype, loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
@@ -63,15 +63,6 @@ def format_genotype(genotype: Genotype) -> str:
     names = loss_term_names(len(genotype.loss_weights))
     rows.append("loss weights: " + ", ".join(f"{n} {w:.4g}" for n, w in zip(names, genotype.loss_weights)))
     return "\n".join(rows)
-
-
-def _latest_checkpoint(folder: Path) -> Path | None:
-    found = [
-        (int(m.group(1)), p)
-        for p in folder.glob("checkpoint_*.pt")
-        if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", p.name))
-    ]
-    return max(found)[1] if found else None
 
 
 class AutoRegSearch:
@@ -235,7 +226,7 @@ class AutoRegSearch:
             "recorder": recorder,
             "stopper": stopper,
         }
-        latest = _latest_checkpoint(folder) if self.resume else None
+        latest = latest_checkpoint(folder) if self.resume else None
         if latest is not None:
             CheckpointLoader(load_path=str(latest), load_dict=state, map_location=self.device).attach(trainer)
             logger.info(f"{stage.value} stage resumes from {latest}")

@@ -13,5 +13,6 @@
 from __future__ import annotations
 
 from .autoregnet import AutoRegBase, AutoRegNet, AutoRegSearchNet
+from .pair_net import AutoRegPairNet
 
-__all__ = ["AutoRegBase", "AutoRegNet", "AutoRegSearchNet"]
+__all__ = ["AutoRegBase", "AutoRegNet", "AutoRegPairNet", "AutoRegSearchNet"]

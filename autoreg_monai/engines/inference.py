@@ -1,0 +1,164 @@
+# Copyright (c) autoreg_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+"""Registration of new scans for the ``inference`` workflow, with results on the fixed image's own grid."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor, decollate_batch
+from monai.engines.utils import IterationEvents
+
+from autoreg_monai.engines.report import pair_file_stem
+from autoreg_monai.metrics import jacobian_determinant, ncc
+from autoreg_monai.spatial import (
+    LPS_FROM_RAS,
+    grid_world_points,
+    sample_at_world,
+    voxel_to_world_displacement,
+    world_to_voxel_displacement,
+)
+
+__all__ = ["RegistrationInferStep", "map_to_fixed_grid"]
+
+logger = logging.getLogger(__name__)
+
+
+def _affine_of(image: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(image, MetaTensor):
+        raise ValueError(f"{name} must be a MetaTensor with its affine (load it with LoadImaged, image_only=True)")
+    return torch.as_tensor(image.affine, dtype=torch.float64).cpu()
+
+
+def map_to_fixed_grid(
+    ddf: torch.Tensor,
+    working_affine: torch.Tensor,
+    fixed: MetaTensor,
+    moving: MetaTensor,
+    moving_label: MetaTensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Carry a displacement predicted on the working grid over to the fixed image's original grid.
+
+    The field is converted to world millimetres, resampled (trilinearly) at the world position of every
+    voxel of ``fixed``, and the original ``moving`` image (and labels, nearest neighbour) sampled at the
+    displaced positions, so each output is interpolated once, from the original data.
+
+    Args:
+        ddf: ``(3, *W)`` displacement in voxels of the working grid.
+        working_affine: ``(4, 4)`` affine of the working grid.
+        fixed: ``(C, *F)`` original fixed image with its affine.
+        moving: ``(C, *M)`` original moving image with its affine (any grid).
+        moving_label: optional ``(1, *M)`` label map on the moving image's grid.
+
+    Returns:
+        On the grid of ``fixed``: ``warped_image`` ``(C, *F)``, ``ddf`` ``(3, *F)`` in millimetres along
+        ITK's LPS axes (a fixed-image point ``p`` corresponds to ``p + ddf(p)`` in the moving image),
+        ``ddf_voxels`` ``(3, *F)`` in fixed voxels, ``jacobian`` ``(1, *F)`` (determinant of the
+        transform's Jacobian, edge voxels copied from their neighbours), ``moving_on_fixed`` (the moving
+        image resampled without deformation) and ``warped_label`` when ``moving_label`` is given.
+    """
+    fixed_affine, moving_affine = _affine_of(fixed, "fixed"), _affine_of(moving, "moving")
+    shape = tuple(fixed.shape[1:])
+    device = ddf.device
+    points = grid_world_points(fixed_affine, shape).to(device)
+    world_ddf = voxel_to_world_displacement(ddf.detach(), working_affine)
+    displacement = sample_at_world(world_ddf, working_affine, points, padding_mode="border").to(torch.float64)
+    moving_data = moving.as_tensor().to(device)
+    outputs = {
+        "warped_image": sample_at_world(moving_data.float(), moving_affine, points + displacement),
+        "moving_on_fixed": sample_at_world(moving_data.float(), moving_affine, points),
+    }
+    if moving_label is not None:
+        label = moving_label.as_tensor().to(device)
+        outputs["warped_label"] = sample_at_world(label, moving_affine, points + displacement, mode="nearest")
+    voxels = world_to_voxel_displacement(displacement, fixed_affine).float()
+    jacobian = F.pad(jacobian_determinant(voxels[None])[None], (1, 1, 1, 1, 1, 1), mode="replicate")[0]
+    outputs.update(
+        ddf=(displacement * LPS_FROM_RAS.to(device).view(3, 1, 1, 1)).float(),
+        ddf_voxels=voxels,
+        jacobian=jacobian,
+    )
+    return outputs
+
+
+def _on_fixed_grid(data: torch.Tensor, fixed: MetaTensor, name: str) -> MetaTensor:
+    meta = dict(fixed.meta)
+    meta["filename_or_obj"] = f"{name}.nii.gz"  # SaveImaged derives the output names from it
+    return MetaTensor(data.cpu(), affine=fixed.affine, meta=meta)
+
+
+class RegistrationInferStep:
+    """Register each pair of a batch and map the results back to the fixed image's grid.
+
+    For ``SupervisedEvaluator(iteration_update=..., decollate=False)`` whose ``network`` is an
+    :class:`~autoreg_monai.networks.AutoRegPairNet`. The batch holds the preprocessed working-grid pair
+    (``moving_image``, ``fixed_image``: MetaTensors with the working affine) and the originals as loaded
+    (``moving_original``, ``fixed_original``, optional ``moving_label``).
+
+    The engine output is a list with one dictionary per pair of MetaTensors on the fixed image's grid,
+    named ``<moving>_to_<fixed>`` for ``SaveImaged``: ``warped_image``, ``ddf`` (millimetres, LPS, see
+    :func:`map_to_fixed_grid`), ``jacobian``, optionally ``warped_label``; plus floats ``runtime_s``,
+    ``ncc_before``, ``ncc``, ``folding_percent`` and the string ``pair``.
+    """
+
+    def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> list[dict[str, Any]]:
+        engine.network.eval()
+        outputs = []
+        for item in decollate_batch(batchdata, detach=True):
+            moving_work, fixed_work = item["moving_image"], item["fixed_image"]
+            working_affine = _affine_of(fixed_work, "fixed_image")
+            image = torch.cat([moving_work.as_tensor(), fixed_work.as_tensor()])[None].to(engine.state.device)
+            with torch.no_grad():
+                start = time.perf_counter()
+                ddf = engine.inferer(image, engine.network)
+                if ddf.is_cuda:
+                    torch.cuda.synchronize(ddf.device)
+                runtime = time.perf_counter() - start
+                engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+                fixed = item["fixed_original"]
+                mapped = map_to_fixed_grid(
+                    ddf[0], working_affine, fixed, item["moving_original"], item.get("moving_label")
+                )
+            name = (
+                f"{pair_file_stem(Path(str(item['moving_original'].meta.get('filename_or_obj', 'moving'))).name)}"
+                f"_to_{pair_file_stem(Path(str(fixed.meta.get('filename_or_obj', 'fixed'))).name)}"
+            )
+            fixed_data = fixed.as_tensor().float().to(mapped["warped_image"].device)
+            folded = (mapped["jacobian"] <= 0).float().mean().item() * 100.0
+            result: dict[str, Any] = {
+                key: _on_fixed_grid(mapped[key], fixed, name)
+                for key in ("warped_image", "ddf", "jacobian", "warped_label")
+                if key in mapped
+            }
+            result.update(
+                pair=name,
+                runtime_s=runtime,
+                ncc_before=float(ncc(mapped["moving_on_fixed"][None], fixed_data[None])[0]),
+                ncc=float(ncc(mapped["warped_image"][None], fixed_data[None])[0]),
+                folding_percent=folded,
+            )
+            logger.info(
+                "%s: network %.3f s, NCC %.4f -> %.4f, folded voxels %.4f %%",
+                name,
+                runtime,
+                result["ncc_before"],
+                result["ncc"],
+                folded,
+            )
+            outputs.append(result)
+        engine.state.output = outputs
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -59,7 +59,7 @@ __all__ = [
     "scenario_datalist",
 ]
 
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 """Bumped whenever the generator changes, so stale caches are not reused."""
 
 DEMO_SCENARIOS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -145,7 +145,15 @@ def _render_brain(tissue: torch.Tensor, contrast: str, generator: torch.Generato
     return image.clamp(0.0, 1.0)
 
 
-def _generate(folder: Path, source: str, contrasts: tuple[str, ...], counts: dict[str, int], size: int, seed: int):
+def _generate(
+    folder: Path,
+    source: str,
+    contrasts: tuple[str, ...],
+    counts: dict[str, int],
+    size: int,
+    seed: int,
+    deformation: float,
+):
     shape = (size, size, size)
     generator = torch.Generator().manual_seed(seed)
     if source == "mni152":
@@ -178,7 +186,7 @@ def _generate(folder: Path, source: str, contrasts: tuple[str, ...], counts: dic
     for split, count in counts.items():
         datalist[split] = []
         for _ in range(count):
-            _, ddf = random_diffeomorphism(shape, magnitude=0.06 * size, generator=generator)
+            _, ddf = random_diffeomorphism(shape, magnitude=deformation * size, generator=generator)
             datalist[split].append(subject(f"subject{index:03d}", ddf))
             index += 1
     return datalist
@@ -191,6 +199,7 @@ def demo_datalist(
     num_test: int = 4,
     size: int = 64,
     seed: int = 0,
+    deformation: float = 0.12,
     root: str | Path | None = None,
 ) -> dict[str, Any]:
     """The demo data set of ``scenario`` as a MONAI datalist with absolute paths, generated if needed.
@@ -202,6 +211,7 @@ def demo_datalist(
         num_test: subjects in ``"test"``.
         size: voxels per side.
         seed: generator seed.
+        deformation: largest velocity component of the random deformations, as a fraction of ``size``.
         root: cache folder; default :func:`demo_cache_dir`.
 
     Returns:
@@ -214,7 +224,7 @@ def demo_datalist(
     counts = {"training": num_training, "validation": num_validation, "test": num_test}
     if min(counts.values()) < 0 or size < 16:
         raise ValueError(f"need non-negative subject counts and size >= 16, got {counts} and size {size}")
-    name = f"{scenario}_v{DEMO_VERSION}_s{seed}_n{size}_" + "_".join(str(c) for c in counts.values())
+    name = f"{scenario}_v{DEMO_VERSION}_s{seed}_n{size}_d{deformation:g}_" + "_".join(str(c) for c in counts.values())
     folder = Path(root) if root is not None else demo_cache_dir()
     target = folder / name
     if not (target / "datalist.json").is_file():
@@ -222,7 +232,7 @@ def demo_datalist(
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
         try:
             source, contrasts = DEMO_SCENARIOS[scenario]
-            datalist = _generate(staging, source, contrasts, counts, size, seed)
+            datalist = _generate(staging, source, contrasts, counts, size, seed, deformation)
             (staging / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n")
             try:
                 staging.rename(target)

@@ -62,12 +62,12 @@ def knee_tissue_map(shape: Sequence[int], generator: torch.Generator | None = No
     tibia_section = ellipse(0.0, 0.0, 0.38 * s[5] * plateau_scale, 0.30 * s[5] * plateau_scale) <= 1
     plateau_top = -0.2
     tibia = tibia_section & (z <= plateau_top)
-    plate = (ellipse(0.0, 0.0, 0.36 * s[5], 0.28 * s[5]) <= 1) & (z > plateau_top) & (z <= plateau_top + 0.06)
+    plate = (ellipse(0.0, 0.0, 0.36 * s[5], 0.28 * s[5]) <= 1) & (z > plateau_top) & (z <= plateau_top + 0.08)
     tibial_cartilage = plate & ~femoral_cartilage & ~femur
 
     tissue = torch.zeros(x.shape, dtype=torch.int64)
     tissue[leg <= 1] = 5
-    tissue[(leg > 0.8) & (leg <= 1)] = 6
+    tissue[(leg > 0.7) & (leg <= 1)] = 6
     bone = femur | tibia
     outside_bone = (~bone).float()[None, None]
     rim = bone & (F.max_pool3d(outside_bone, 3, stride=1, padding=1)[0, 0] > 0)

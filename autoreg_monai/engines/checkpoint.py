@@ -48,7 +48,8 @@ class ResumableCheckpoint:
         save_dir: folder of ``checkpoint_<epoch>.pt`` (written atomically).
         save_dict: objects with ``state_dict``/``load_state_dict``, e.g. ``{"network": net, "optimizer": opt}``.
         n_saved: how many epoch checkpoints to keep.
-        resume: load the newest checkpoint of ``save_dir`` (if any) when the engine starts.
+        resume: load the newest checkpoint of ``save_dir`` (if any) when the engine starts; without it,
+            checkpoints of an earlier run in ``save_dir`` are removed when the engine starts.
         map_location: device the loaded tensors go to.
     """
 
@@ -72,12 +73,38 @@ class ResumableCheckpoint:
         if latest is not None:
             CheckpointLoader(load_path=str(latest), load_dict=state, map_location=self.map_location).attach(engine)
             logger.info(f"resuming from {latest}")
+        elif not self.resume:
+            engine.add_event_handler(Events.STARTED, self.clear)
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        saver = Checkpoint(
+        saver = Checkpoint(  # keeps every file; ``prune`` removes old ones, including those of a resumed run
             state,
             DiskSaver(str(self.save_dir), require_empty=False, atomic=True),
             filename_prefix="",
-            n_saved=self.n_saved,
+            n_saved=None,
             global_step_transform=lambda e, _: e.state.epoch,
         )
         engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.prune)
+
+    def _checkpoints(self) -> list[tuple[int, Path]]:
+        return sorted(
+            (int(m.group(1)), p)
+            for p in self.save_dir.glob("checkpoint_*.pt")
+            if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", p.name))
+        )
+
+    def clear(self, engine: Engine | None = None) -> None:
+        """Remove the checkpoints of an earlier run: a run started from scratch must not mix with them."""
+        stale = self._checkpoints()
+        if stale:
+            logger.warning(
+                f"starting from scratch: removing {len(stale)} checkpoint(s) of an earlier run in {self.save_dir}"
+            )
+        for _, path in stale:
+            path.unlink(missing_ok=True)
+
+    def prune(self, engine: Engine | None = None) -> None:
+        """Delete all but the ``n_saved`` newest epoch checkpoints (also those of a run this one resumed)."""
+        found = self._checkpoints()
+        for _, path in found[: max(len(found) - self.n_saved, 0)]:
+            path.unlink(missing_ok=True)

@@ -49,8 +49,10 @@ class RegistrationTrainStep:
         label_weight: weight of ``label_loss``.
         max_grad_norm: clip the gradient norm of ω to this value (``None``: no clipping).
 
-    The engine output is ``{"loss": L, "similarity": L_sim at full resolution, "regularization": L_smooth}``
-    (floats).
+    The engine output is, as for a decollated MONAI trainer, one dictionary per pair of the batch, each
+    ``{"loss": L, "similarity": L_sim at full resolution, "regularization": L_smooth}`` (floats of the
+    batch), so MONAI's ``from_engine(["loss"], first=True)`` reads it in handlers (stats, TensorBoard,
+    MLflow).
     """
 
     def __init__(
@@ -94,7 +96,8 @@ class RegistrationTrainStep:
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_grad_norm)
         engine.optimizer.step()
-        output = {"loss": loss.item(), "similarity": terms[0].item(), "regularization": terms[1].item()}
+        values = {"loss": loss.item(), "similarity": terms[0].item(), "regularization": terms[1].item()}
+        output = [dict(values) for _ in range(moving.shape[0])]
         engine.state.output = output
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output  # decollated by the engine's MODEL_COMPLETED handler when decollate=True

@@ -50,11 +50,13 @@ class RegistrationLoss(_Loss):
     The terms are computed by :meth:`terms` and combined with weights λ given at call time as a tensor,
     so gradients reach λ (the upper level of the AutoReg search). ``reg`` is applied to the
     full-resolution displacement, as in the authors' code; the default is MONAI's ``DiffusionLoss``
-    (squared central-difference gradients, summed over axes).
+    divided by the number of spatial dimensions: the mean over axes of the squared gradients, the scale of
+    the authors' ``gradient_loss`` that the paper's loss weights (10, 15, 3.2, 0.8) were set for (MONAI's
+    loss sums over axes, which would make λ2 three times stronger in 3-D).
 
     Args:
         similarity: ``"lncc"``, ``"mind"``, or one similarity loss per level (full resolution first).
-        regularization: the smoothness term on the displacement; default ``DiffusionLoss()``.
+        regularization: the smoothness term on the displacement; default ``DiffusionLoss()`` / ``spatial_dims``.
         spatial_dims: 2 or 3 (for named similarities).
         num_scales: number of pyramid fields besides the full-resolution one (2 in the paper).
 
@@ -83,6 +85,7 @@ class RegistrationLoss(_Loss):
         self.num_scales = num_scales
         self.similarity = PyramidSimilarityLoss(similarities)
         self.regularization = DiffusionLoss() if regularization is None else regularization
+        self.regularization_scale = 1.0 / spatial_dims if regularization is None else 1.0
 
     @property
     def num_terms(self) -> int:
@@ -103,7 +106,7 @@ class RegistrationLoss(_Loss):
         if len(pyramid) != self.num_scales:
             raise ValueError(f"expected {self.num_scales} pyramid fields, got {len(pyramid)}")
         sims = self.similarity(moving, fixed, [ddf, *pyramid])
-        reg = self.regularization(ddf).reshape(1).to(sims)
+        reg = (self.regularization(ddf) * self.regularization_scale).reshape(1).to(sims)
         return torch.cat([sims[:1], reg, sims[1:]])
 
     def forward(

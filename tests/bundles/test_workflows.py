@@ -22,10 +22,12 @@ import torch
 from monai.bundle import ckpt_export, run
 from monai.data import load_net_with_metadata
 
-from autoreg_monai.data import demo_datalist
+from autoreg_monai.data import demo_datalist, demo_label_names, make_pairs
 from autoreg_monai.networks import AutoRegNet, AutoRegPairNet, Genotype
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = ("brain_t1", "brain_t2", "brain_t1t2", "knee_t1")
+PAIRING = {"brain_t1": "atlas", "brain_t2": "atlas", "brain_t1t2": "cross_modal", "knee_t1": "atlas"}
 DEMO = {"num_training": 2, "num_validation": 1, "num_test": 2, "size": 32}
 SMALL = {
     "spatial_size": [32, 32, 32],
@@ -45,17 +47,47 @@ def _config(bundle: str, workflow: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """brain_t1 trained for 2 epochs from the paper's genotype, in a temporary output folder."""
-    root = tmp_path_factory.mktemp("brain_t1")
+def _train(root: Path, bundle: str, max_epochs: int, **overrides) -> Path:
     models = root / "models"
     models.mkdir()
     Genotype.paper_default().to_json(models / "genotype.json")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO_ROOT)
-        run("train", **_config("brain_t1", "train"), output_dir=str(models), max_epochs=2, **SMALL)
+        run(
+            "train", **_config(bundle, "train"), output_dir=str(models), max_epochs=max_epochs, **{**SMALL, **overrides}
+        )
     return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """brain_t1 trained for 2 epochs from the paper's genotype, in a temporary output folder."""
+    return _train(tmp_path_factory.mktemp("brain_t1"), "brain_t1", 2)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES[1:])
+def test_train_evaluate_inference_of_every_bundle(bundle, tmp_path, monkeypatch):
+    options = {**DEMO, "num_validation": 2}  # cross-modal pairs need two subjects per split
+    small = {**SMALL, "demo_options": options}
+    root = _train(tmp_path, bundle, 1, demo_options=options)
+    assert (root / "models" / "model.pt").is_file()
+    monkeypatch.chdir(REPO_ROOT)
+    run("evaluate", **_config(bundle, "evaluate"), output_dir=str(root / "models"), panels=False, **small)
+    demo = demo_datalist(bundle, **options)
+    pairs = make_pairs(demo, "test", PAIRING[bundle])
+    labels = demo_label_names(bundle)
+    rows = list(csv.DictReader((root / "eval" / "metrics.csv").open()))
+    assert sorted((r["pair"], int(r["label"]), r["name"]) for r in rows) == sorted(
+        (p["pair"], value, name) for p in pairs for value, name in labels.items()
+    )
+    assert json.loads((root / "eval" / "summary.json").read_text())["num_pairs"] == len(pairs)
+    run("run", **_config(bundle, "inference"), output_dir=str(root / "models"), **small)
+    for pair in pairs:
+        fixed = nib.load(pair["fixed_image"])
+        stem = f"{Path(pair['moving_image']).name[:-7]}_to_{Path(pair['fixed_image']).name[:-7]}"
+        for what in ("warped", "ddf", "jacobian", "warped_label"):
+            image = nib.load(root / "results" / f"{stem}_{what}.nii.gz")
+            assert np.allclose(image.affine, fixed.affine) and image.shape[:3] == fixed.shape, (stem, what)
 
 
 def _network(cls, models: Path):

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from .checkpoint import ResumableCheckpoint, latest_checkpoint
+from .checkpoint import ResumableCheckpoint, latest_checkpoint, prune_checkpoints
 from .inference import RegistrationInferStep, map_to_fixed_grid
 from .report import METRIC_COLUMNS, RegistrationReport, pair_file_stem
 from .steps import RegistrationEvalStep, RegistrationTrainStep
@@ -26,4 +26,5 @@ __all__ = [
     "latest_checkpoint",
     "map_to_fixed_grid",
     "pair_file_stem",
+    "prune_checkpoints",
 ]

@@ -22,19 +22,31 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 
-__all__ = ["ResumableCheckpoint", "latest_checkpoint"]
+__all__ = ["ResumableCheckpoint", "latest_checkpoint", "prune_checkpoints"]
 
 logger = logging.getLogger(__name__)
 
 
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The ``checkpoint_<epoch>.pt`` of ``folder`` with the largest epoch, or ``None``."""
-    found = [
+def _epoch_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of the ``checkpoint_<epoch>.pt`` files of ``folder``, oldest first."""
+    return sorted(
         (int(m.group(1)), p)
         for p in Path(folder).glob("checkpoint_*.pt")
         if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", p.name))
-    ]
-    return max(found)[1] if found else None
+    )
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The ``checkpoint_<epoch>.pt`` of ``folder`` with the largest epoch, or ``None``."""
+    found = _epoch_checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(folder: str | Path, n_saved: int) -> None:
+    """Delete all but the ``n_saved`` newest ``checkpoint_<epoch>.pt`` of ``folder`` (whichever run wrote them)."""
+    found = _epoch_checkpoints(folder)
+    for _, path in found[: max(len(found) - n_saved, 0)]:
+        path.unlink(missing_ok=True)
 
 
 class ResumableCheckpoint:
@@ -86,16 +98,9 @@ class ResumableCheckpoint:
         engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.prune)
 
-    def _checkpoints(self) -> list[tuple[int, Path]]:
-        return sorted(
-            (int(m.group(1)), p)
-            for p in self.save_dir.glob("checkpoint_*.pt")
-            if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", p.name))
-        )
-
     def clear(self, engine: Engine | None = None) -> None:
         """Remove the checkpoints of an earlier run: a run started from scratch must not mix with them."""
-        stale = self._checkpoints()
+        stale = _epoch_checkpoints(self.save_dir)
         if stale:
             logger.warning(
                 f"starting from scratch: removing {len(stale)} checkpoint(s) of an earlier run in {self.save_dir}"
@@ -105,6 +110,4 @@ class ResumableCheckpoint:
 
     def prune(self, engine: Engine | None = None) -> None:
         """Delete all but the ``n_saved`` newest epoch checkpoints (also those of a run this one resumed)."""
-        found = self._checkpoints()
-        for _, path in found[: max(len(found) - self.n_saved, 0)]:
-            path.unlink(missing_ok=True)
+        prune_checkpoints(self.save_dir, self.n_saved)

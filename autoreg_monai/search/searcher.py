@@ -40,7 +40,7 @@ from monai.handlers import CheckpointLoader, StatsHandler, TensorBoardStatsHandl
 from monai.utils import set_determinism
 from torch.nn.modules.loss import _Loss
 
-from autoreg_monai.engines.checkpoint import latest_checkpoint
+from autoreg_monai.engines.checkpoint import latest_checkpoint, prune_checkpoints
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.networks.genotype import Genotype, loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
@@ -237,10 +237,11 @@ class AutoRegSearch:
             state,
             DiskSaver(str(folder), require_empty=False, atomic=True),
             filename_prefix="",
-            n_saved=self.keep_checkpoints,
+            n_saved=None,  # pruned below by epoch, which also covers the checkpoints of a resumed run
             global_step_transform=lambda engine, _: engine.state.epoch,
         )
         trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: prune_checkpoints(folder, self.keep_checkpoints))
         StatsHandler(iteration_log=False, tag_name=f"search[{stage.value}]").attach(trainer)
         TensorBoardStatsHandler(log_dir=str(folder / "logs"), iteration_log=False).attach(trainer)
         StageExporter(network, recorder, folder, title=f"AutoReg search, {stage.value} stage").attach(trainer)

@@ -114,7 +114,9 @@ def test_killed_stage_resumes_from_its_checkpoint_with_identical_state(tmp_path,
 
     resumed = _searcher(tmp_path, resume=True)
     resumed.handlers = [_On(Events.EPOCH_STARTED, capture)]
+    resumed.keep_checkpoints = 1  # the killed run's checkpoint_1.pt must go too
     resumed.run_stage("feature")
+    assert sorted(p.name for p in (tmp_path / "search" / "feature").glob("checkpoint_*.pt")) == ["checkpoint_2.pt"]
     assert seen["epoch"] == 2
     assert seen["state"].keys() == saved["network"].keys()
     mismatched = [k for k, v in saved["network"].items() if not torch.equal(seen["state"][k], v)]

@@ -60,14 +60,10 @@ def pair_file_stem(name: str) -> str:
 
 
 def _items(output: Any, batch: Any) -> list[tuple[dict[str, Any], str | None]]:
-    """Per-pair ``(output, pair name)`` from an engine's (decollated or batched) output and batch."""
-    if isinstance(output, Mapping):  # batched: split along the batch dimension
-        size = len(output["ddf"])
-        outputs = [{k: v[i] for k, v in output.items() if isinstance(v, torch.Tensor)} for i in range(size)]
-        names = batch.get("pair") if isinstance(batch, Mapping) else None
-        return [(o, None if names is None else names[i]) for i, o in enumerate(outputs)]
-    batches = batch if isinstance(batch, Sequence) else [None] * len(output)
-    return [(o, b.get("pair") if isinstance(b, Mapping) else None) for o, b in zip(output, batches)]
+    """Per-pair ``(output, pair name)`` of an evaluator's decollated output and batch."""
+    if not isinstance(output, list):
+        raise ValueError("RegistrationReport needs the decollated output of an evaluator (decollate=True)")
+    return [(o, b.get("pair") if isinstance(b, Mapping) else None) for o, b in zip(output, batch)]
 
 
 def _nan_mean(values: Sequence[float]) -> float:

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import nibabel as nib
 import numpy as np
+from monai.config import KeysCollection
 from monai.data import NibabelWriter
+from monai.transforms import MapTransform
 
-__all__ = ["AtomicNibabelWriter", "DisplacementFieldWriter", "atomic_write"]
+from autoreg_monai.prealign import write_itk_transform
+
+__all__ = ["AtomicNibabelWriter", "DisplacementFieldWriter", "SaveITKTransformd", "atomic_write"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -103,3 +107,37 @@ class DisplacementFieldWriter(AtomicNibabelWriter):
         field.header.set_intent("vector")
         field.header.set_xyzt_units("mm")
         return field
+
+
+class SaveITKTransformd(MapTransform):
+    """Write ``(4, 4)`` RAS+ fixed-to-moving matrices as ITK ``.tfm`` files, for ``postprocessing``.
+
+    Each file is ``<output_dir>/<data[name_key]>_<output_postfix>.tfm``, written atomically by
+    :func:`~autoreg_monai.prealign.write_itk_transform` (ITK's LPS+ convention).
+
+    Args:
+        keys: keys of the matrices (e.g. ``"prealign_matrix"`` from :class:`~autoreg_monai.data.PreAlignd`).
+        output_dir: folder of the files.
+        output_postfix: appended to the name.
+        name_key: key of the file-name stem (the ``pair`` name of the inference step).
+        allow_missing_keys: skip absent keys (pairs registered without pre-alignment).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | Path,
+        output_postfix: str = "affine",
+        name_key: str = "pair",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.output_postfix = output_postfix
+        self.name_key = name_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            write_itk_transform(d[key], self.output_dir / f"{d[self.name_key]}_{self.output_postfix}.tfm")
+        return d

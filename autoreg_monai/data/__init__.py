@@ -34,15 +34,18 @@ from .phantom import (
     smooth_random_field,
     warp_label_map,
 )
+from .transforms import FitToSized, PreAlignd
 
 __all__ = [
     "BRAIN_LABELS",
     "CONTRASTS",
     "DEMO_SCENARIOS",
+    "FitToSized",
     "KNEE_LABELS",
     "PAIRINGS",
     "PAIR_KEYS",
     "PHANTOM_LABELS",
+    "PreAlignd",
     "demo_cache_dir",
     "demo_datalist",
     "demo_label_names",

@@ -49,26 +49,32 @@ def map_to_fixed_grid(
     fixed: MetaTensor,
     moving: MetaTensor,
     moving_label: MetaTensor | None = None,
+    prealign: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Carry a displacement predicted on the working grid over to the fixed image's original grid.
 
-    The field is converted to world millimetres, resampled (trilinearly) at the world position of every
-    voxel of ``fixed``, and the original ``moving`` image (and labels, nearest neighbour) sampled at the
-    displaced positions, so each output is interpolated once, from the original data.
+    The field is converted to world millimetres and resampled (trilinearly) at the world position of
+    every voxel of ``fixed``; composed with the pre-alignment (when given), it says where each fixed voxel
+    reads the original ``moving`` image, which is sampled there (labels: nearest neighbour), so each
+    output is interpolated once, from the original data.
 
     Args:
-        ddf: ``(3, *W)`` displacement in voxels of the working grid.
+        ddf: ``(3, *W)`` displacement in voxels of the working grid (in the pre-aligned frame).
         working_affine: ``(4, 4)`` affine of the working grid.
         fixed: ``(C, *F)`` original fixed image with its affine.
         moving: ``(C, *M)`` original moving image with its affine (any grid).
         moving_label: optional ``(1, *M)`` label map on the moving image's grid.
+        prealign: optional ``(4, 4)`` RAS+ matrix of the affine pre-alignment, fixed world point to moving
+            world point (:func:`~autoreg_monai.prealign.prealign_matrix`); ``None``: the identity.
 
     Returns:
-        On the grid of ``fixed``: ``warped_image`` ``(C, *F)``, ``ddf`` ``(3, *F)`` in millimetres along
-        ITK's LPS axes (a fixed-image point ``p`` corresponds to ``p + ddf(p)`` in the moving image),
-        ``ddf_voxels`` ``(3, *F)`` in fixed voxels, ``jacobian`` ``(1, *F)`` (determinant of the
-        transform's Jacobian, edge voxels copied from their neighbours), ``moving_on_fixed`` (the moving
-        image resampled without deformation) and ``warped_label`` when ``moving_label`` is given.
+        On the grid of ``fixed``: ``warped_image`` ``(C, *F)``; ``ddf`` ``(3, *F)``, the total displacement
+        (pre-alignment and deformation composed) in millimetres along ITK's LPS axes (a fixed-image point
+        ``p`` corresponds to ``p + ddf(p)`` in the moving image); ``ddf_voxels`` ``(3, *F)``, the same in
+        fixed voxels; ``jacobian`` ``(1, *F)``, the determinant of that total transform's Jacobian (edge
+        voxels copied from their neighbours); ``moving_on_fixed``, the moving image resampled through world
+        coordinates only; ``prealigned``, the moving image after the pre-alignment alone; and
+        ``warped_label`` when ``moving_label`` is given.
     """
     fixed_affine, moving_affine = _affine_of(fixed, "fixed"), _affine_of(moving, "moving")
     shape = tuple(fixed.shape[1:])
@@ -76,18 +82,32 @@ def map_to_fixed_grid(
     points = grid_world_points(fixed_affine, shape).to(device)
     world_ddf = voxel_to_world_displacement(ddf.detach(), working_affine)
     displacement = sample_at_world(world_ddf, working_affine, points, padding_mode="border").to(torch.float64)
-    moving_data = moving.as_tensor().to(device)
+    matrix = torch.eye(4, dtype=torch.float64) if prealign is None else torch.as_tensor(prealign, dtype=torch.float64)
+    if matrix.shape != (4, 4):
+        raise ValueError(f"prealign must be a (4, 4) matrix, got {tuple(matrix.shape)}")
+    matrix = matrix.to(device)
+
+    def to_moving(world: torch.Tensor) -> torch.Tensor:
+        return (matrix[:3, :3] @ world.reshape(3, -1) + matrix[:3, 3:]).reshape(world.shape)
+
+    targets = to_moving(points + displacement)
+    moving_data = moving.as_tensor().to(device).float()
     outputs = {
-        "warped_image": sample_at_world(moving_data.float(), moving_affine, points + displacement),
-        "moving_on_fixed": sample_at_world(moving_data.float(), moving_affine, points),
+        "warped_image": sample_at_world(moving_data, moving_affine, targets),
+        "moving_on_fixed": sample_at_world(moving_data, moving_affine, points),
     }
+    identity = prealign is None or bool(torch.equal(matrix, torch.eye(4, dtype=torch.float64, device=device)))
+    outputs["prealigned"] = (
+        outputs["moving_on_fixed"] if identity else sample_at_world(moving_data, moving_affine, to_moving(points))
+    )
     if moving_label is not None:
         label = moving_label.as_tensor().to(device)
-        outputs["warped_label"] = sample_at_world(label, moving_affine, points + displacement, mode="nearest")
-    voxels = world_to_voxel_displacement(displacement, fixed_affine).float()
+        outputs["warped_label"] = sample_at_world(label, moving_affine, targets, mode="nearest")
+    total = targets - points
+    voxels = world_to_voxel_displacement(total, fixed_affine).float()
     jacobian = F.pad(jacobian_determinant(voxels[None])[None], (1, 1, 1, 1, 1, 1), mode="replicate")[0]
     outputs.update(
-        ddf=(displacement * LPS_FROM_RAS.to(device).view(3, 1, 1, 1)).float(),
+        ddf=(total * LPS_FROM_RAS.to(device).view(3, 1, 1, 1)).float(),
         ddf_voxels=voxels,
         jacobian=jacobian,
     )
@@ -111,10 +131,14 @@ class RegistrationInferStep:
     (``moving_image``, ``fixed_image``: MetaTensors with the working affine) and the originals as loaded
     (``moving_original``, ``fixed_original``, optional ``moving_label``).
 
+    A ``prealign_matrix`` in the batch (from :class:`~autoreg_monai.data.PreAlignd`) is composed with the
+    predicted field.
+
     The engine output is a list with one dictionary per pair of MetaTensors on the fixed image's grid,
-    named ``<moving>_to_<fixed>`` for ``SaveImaged``: ``warped_image``, ``ddf`` (millimetres, LPS, see
-    :func:`map_to_fixed_grid`), ``jacobian``, optionally ``warped_label``; plus floats ``runtime_s``,
-    ``ncc_before``, ``ncc``, ``folding_percent`` and the string ``pair``.
+    named ``<moving>_to_<fixed>`` for ``SaveImaged``: ``warped_image``, ``ddf`` (total displacement,
+    millimetres, LPS, see :func:`map_to_fixed_grid`), ``jacobian``, optionally ``warped_label`` and
+    ``prealign_matrix``; plus floats ``runtime_s``, ``ncc_before`` (world coordinates only),
+    ``ncc_prealigned``, ``ncc``, ``folding_percent`` and the string ``pair``.
     """
 
     def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -132,8 +156,9 @@ class RegistrationInferStep:
                 runtime = time.perf_counter() - start
                 engine.fire_event(IterationEvents.FORWARD_COMPLETED)
                 fixed = item["fixed_original"]
+                prealign = item.get("prealign_matrix")
                 mapped = map_to_fixed_grid(
-                    ddf[0], working_affine, fixed, item["moving_original"], item.get("moving_label")
+                    ddf[0], working_affine, fixed, item["moving_original"], item.get("moving_label"), prealign
                 )
             name = (
                 f"{pair_file_stem(Path(str(item['moving_original'].meta.get('filename_or_obj', 'moving'))).name)}"
@@ -146,18 +171,23 @@ class RegistrationInferStep:
                 for key in ("warped_image", "ddf", "jacobian", "warped_label")
                 if key in mapped
             }
+            if prealign is not None:
+                result["prealign_matrix"] = torch.as_tensor(prealign, dtype=torch.float64).cpu()
             result.update(
                 pair=name,
                 runtime_s=runtime,
                 ncc_before=float(ncc(mapped["moving_on_fixed"][None], fixed_data[None])[0]),
+                ncc_prealigned=float(ncc(mapped["prealigned"][None], fixed_data[None])[0]),
                 ncc=float(ncc(mapped["warped_image"][None], fixed_data[None])[0]),
                 folding_percent=folded,
             )
             logger.info(
-                "%s: network %.3f s, NCC %.4f -> %.4f, folded voxels %.4f %%",
+                "%s: network %.3f s, NCC %.4f (world coordinates) -> %.4f (pre-aligned) -> %.4f (registered), "
+                "folded voxels %.4f %%",
                 name,
                 runtime,
                 result["ncc_before"],
+                result["ncc_prealigned"],
                 result["ncc"],
                 folded,
             )

@@ -139,8 +139,9 @@ def test_inference_writes_outputs_on_the_fixed_grid(trained, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     run("run", **_config("brain_t1", "inference"), output_dir=str(trained / "models"), **SMALL)
     atlas = nib.load(demo_datalist("brain_t1", **DEMO)["atlas"]["image"])
-    outputs = sorted(p.name for p in (trained / "results").iterdir())
+    outputs = sorted(p.name for p in (trained / "results").glob("*.nii.gz"))
     assert len(outputs) == 2 * 4  # warped, ddf, jacobian, warped_label per test pair
+    assert len(list((trained / "results").glob("*_affine.tfm"))) == 2  # the pre-alignment of each pair
     for name in outputs:
         image = nib.load(trained / "results" / name)
         assert np.allclose(image.affine, atlas.affine), name
@@ -167,10 +168,22 @@ def test_inference_of_one_given_pair(trained, monkeypatch, tmp_path):
     )
     stem = f"{Path(moving).name[:-7]}_to_{Path(fixed).name[:-7]}"
     assert sorted(p.name for p in out.iterdir()) == [
+        f"{stem}_affine.tfm",
         f"{stem}_ddf.nii.gz",
         f"{stem}_jacobian.nii.gz",
         f"{stem}_warped.nii.gz",
     ]
+    run(
+        "run",
+        **_config("brain_t1", "inference"),
+        output_dir=str(trained / "models"),
+        results_dir=str(tmp_path / "aligned"),
+        moving=moving,
+        fixed=fixed,
+        prealign="none",
+        **SMALL,
+    )
+    assert not list((tmp_path / "aligned").glob("*.tfm"))  # nothing to write without a pre-alignment
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
@@ -61,11 +62,36 @@ def test_a_world_translation_lands_on_the_fixed_grid():
     assert torch.allclose(FIXED_AFFINE[:3, :3].float() @ voxels, torch.tensor([3.0, -2.0, 1.0]), atol=1e-4)
 
 
-def test_written_field_reproduces_the_warp_in_simpleitk(tmp_path):
+PREALIGN = torch.tensor(
+    [[1.06, 0.05, 0.0, 2.0], [-0.04, 0.97, 0.02, -1.5], [0.0, 0.03, 1.02, 1.0], [0.0, 0.0, 0.0, 1.0]],
+    dtype=torch.float64,
+)
+
+
+def test_the_pre_alignment_is_composed_with_the_field():
+    fixed, moving = _pair()
+    ddf = torch.zeros(3, 15, 15, 15)
+    ddf[0] = 1.0  # 2 mm along x in the pre-aligned frame
+    out = map_to_fixed_grid(ddf, WORKING_AFFINE, fixed, moving, prealign=PREALIGN)
+    points = grid_world_points(FIXED_AFFINE, (20, 18, 22))
+    shifted = points + torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64).view(3, 1, 1, 1)
+    expected = (PREALIGN[:3, :3] @ shifted.reshape(3, -1) + PREALIGN[:3, 3:]).reshape(points.shape) - points
+    lps = torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64).view(3, 1, 1, 1)
+    assert torch.allclose(out["ddf"].double(), expected * lps, atol=1e-4)
+    assert torch.allclose(out["jacobian"], torch.full((1, 20, 18, 22), float(torch.linalg.det(PREALIGN))), atol=1e-4)
+    prealigned = map_to_fixed_grid(torch.zeros_like(ddf), WORKING_AFFINE, fixed, moving, prealign=PREALIGN)
+    assert torch.equal(prealigned["warped_image"], prealigned["prealigned"])
+    assert not torch.allclose(prealigned["prealigned"], prealigned["moving_on_fixed"])
+    with pytest.raises(ValueError, match="prealign must be a"):
+        map_to_fixed_grid(ddf, WORKING_AFFINE, fixed, moving, prealign=torch.eye(3))
+
+
+@pytest.mark.parametrize("prealign", (None, PREALIGN), ids=("deformation", "affine_and_deformation"))
+def test_written_field_reproduces_the_warp_in_simpleitk(tmp_path, prealign):
     fixed, moving = _pair()
     ddf = 0.8 * torch.randn(3, 4, 4, 4)
     ddf = torch.nn.functional.interpolate(ddf[None], size=(15, 15, 15), mode="trilinear", align_corners=True)[0]
-    out = map_to_fixed_grid(ddf, WORKING_AFFINE, fixed, moving)
+    out = map_to_fixed_grid(ddf, WORKING_AFFINE, fixed, moving, prealign=prealign)
     meta = {"filename_or_obj": "pair.nii.gz", "original_channel_dim": "no_channel", "spatial_shape": (20, 18, 22)}
     data = {k: MetaTensor(out[k], affine=FIXED_AFFINE, meta=dict(meta)) for k in ("warped_image", "ddf")}
     for key, writer in (

@@ -35,7 +35,7 @@ def problem():
         net.alpha_feature.normal_(std=0.5)
         net.alpha_deformation.normal_(std=0.5)
         for head in net.velocity_heads:
-            head.weight.normal_(std=0.3)
+            head.weight.normal_(std=0.01)
     train = make_phantom_pair((16, 16, 16), seed=1, magnitude=2.0)
     val = make_phantom_pair((16, 16, 16), seed=2, magnitude=2.0)
     train = {k: v.double() if v.is_floating_point() else v for k, v in train.items()}
@@ -78,7 +78,7 @@ def _cosine(a, b):
 
 
 # α: a large virtual step, so that the implicit term matters; λ: smaller, so ω' stays a sensible registration
-@pytest.mark.parametrize("upper_kind, xi", [("alpha", 0.5), ("lambda", 0.01)])
+@pytest.mark.parametrize("upper_kind, xi", [("alpha", 0.05), ("lambda", 0.01)])
 def test_finite_difference_hypergradient_matches_double_backward(problem, upper_kind, xi):
     net, train, val = problem
     upper = net.arch_parameters() if upper_kind == "alpha" else net.hyper_parameters()

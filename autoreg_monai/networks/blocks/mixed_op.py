@@ -23,10 +23,19 @@ __all__ = ["MixedOp"]
 
 
 class MixedOp(nn.Module):
-    """A softmax-weighted sum of candidate operations: ``sum_o softmax(alpha)_o * o(x)``.
+    """Scale-normalised softmax-weighted sum of candidates: ``sum_o w_o o(x) / ||w||``, ``w = softmax(alpha)``.
 
     All candidates are built (with their own weights) and evaluated on every call, so that the
     architecture logits ``alpha`` of the edge receive gradients.
+
+    The mixture of the paper's eq. 3 is divided by the Euclidean norm of its weights. Without it, the
+    uniform mixture of 8 nearly independent operations has about ``1/sqrt(8)`` of their spread, and the
+    dozen mixed edges of a search network (no normalisation layers, no skips) shrink the images' signal
+    ten-thousand-fold before the velocity head, so the weights ω learnt during the search barely depend
+    on the images. The factor is one positive number per edge, which LeakyReLU and convolutions carry
+    through (it changes the conditioning of the search, not what it can represent), it does not change
+    which operation has the largest weight, and it is 1 for a one-hot ``alpha``: the relaxation then
+    equals the discrete operation exactly, as in the derived network.
 
     Args:
         spatial_dims: 2 or 3.
@@ -60,7 +69,7 @@ class MixedOp(nn.Module):
         Args:
             x: input ``(B, C_in, *S)``.
             alpha: the edge's architecture logits, shape ``(num_ops,)``; the mixing weights are
-                ``softmax(alpha)`` (``-inf`` entries give exactly zero weight).
+                ``softmax(alpha) / ||softmax(alpha)||`` (``-inf`` entries give exactly zero weight).
 
         Returns:
             ``(B, C_out, *ceil(S / stride))``.
@@ -70,6 +79,7 @@ class MixedOp(nn.Module):
                 f"alpha must have shape ({len(self.ops)},) for {len(self.ops)} candidates, got {tuple(alpha.shape)}"
             )
         weights = torch.softmax(alpha, dim=0).to(x.dtype)
+        weights = weights / weights.norm()
         out = weights[0] * self.ops[0](x)
         for weight, op in zip(weights[1:], self.ops[1:]):
             out = out + weight * op(x)

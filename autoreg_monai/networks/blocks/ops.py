@@ -24,10 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import split_args
 from torch import nn
 
 __all__ = [
     "DEFAULT_ACT",
+    "he_init",
     "DILATION",
     "OPS",
     "PRIMITIVES",
@@ -43,6 +45,39 @@ DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.2})
 
 DILATION: int = 2
 """Dilation of the ``dil_conv_*`` operations, as in the authors' code: receptive fields 5, 9 and 13."""
+
+
+def he_init(module: nn.Module, act: tuple | str | None = DEFAULT_ACT) -> None:
+    """He (Kaiming) normal initialisation of every convolution in ``module``, for the activation after it.
+
+    The weights get variance ``gain**2 / fan_in`` (``gain`` of the activation: ``sqrt(2 / (1 + a**2))`` for a
+    leaky ReLU of slope ``a``, 1 without activation) and the biases zero, so a chain of operations keeps the
+    scale of its input. PyTorch's default (``kaiming_uniform_(a=sqrt(5))``, a third of that variance, and
+    random biases) shrinks the signal several times per layer: through the dozen convolutions of an
+    AutoReg network, which has no normalisation and no skip connections, the predicted field then hardly
+    depends on the images and training stalls.
+
+    Args:
+        module: an operation (its convolutions are re-initialised in place).
+        act: the activation that follows the convolutions (MONAI factory name or ``(name, kwargs)``);
+            ``None``: none (linear gain).
+    """
+    if act is None:
+        nonlinearity, slope = "linear", 0.0
+    else:
+        name, kwargs = split_args(act)
+        name = str(name).lower()
+        if name == "leakyrelu":
+            nonlinearity, slope = "leaky_relu", float(kwargs.get("negative_slope", 0.01))
+        elif name == "relu":
+            nonlinearity, slope = "relu", 0.0
+        else:
+            nonlinearity, slope = "linear", 0.0
+    for conv in module.modules():
+        if isinstance(conv, nn.modules.conv._ConvNd):
+            nn.init.kaiming_normal_(conv.weight, a=slope, nonlinearity=nonlinearity)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
 
 class RegConv(Convolution):
@@ -71,6 +106,7 @@ class RegConv(Convolution):
         super().__init__(
             spatial_dims, in_channels, out_channels, strides=strides, kernel_size=kernel_size, act=act, norm=None
         )
+        he_init(self, act)
 
 
 class DilConv(Convolution):
@@ -108,6 +144,7 @@ class DilConv(Convolution):
             act=act,
             norm=None,
         )
+        he_init(self, act)
 
 
 class SepConv(nn.Sequential):
@@ -154,6 +191,8 @@ class SepConv(nn.Sequential):
         self.add_module(
             "pointwise", Convolution(spatial_dims, in_channels, out_channels, kernel_size=1, act=act, norm=None)
         )
+        he_init(self.depthwise, None)
+        he_init(self.pointwise, act)
 
 
 OpFactory = Callable[[int, int, int, int], nn.Module]

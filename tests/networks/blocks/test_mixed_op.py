@@ -30,11 +30,33 @@ def test_one_hot_alpha_equals_the_single_op(spatial_dims, stride, index):
     torch.testing.assert_close(edge(x, alpha), edge.ops[index](x), rtol=0, atol=0)
 
 
-def test_uniform_alpha_is_the_mean_of_all_ops():
+def test_uniform_alpha_is_the_scale_normalised_sum_of_all_ops():
     edge = MixedOp(3, 2, 4, 1)
     x = torch.randn(1, 2, 6, 6, 6)
-    expected = torch.stack([op(x) for op in edge.ops]).mean(dim=0)
+    expected = torch.stack([op(x) for op in edge.ops]).sum(dim=0) / len(PRIMITIVES) ** 0.5
     torch.testing.assert_close(edge(x, torch.zeros(len(PRIMITIVES))), expected)
+
+
+def test_weights_are_softmax_over_their_norm():
+    edge = MixedOp(3, 2, 3, 1, op_names=("conv_1x1", "conv_3x3"))
+    x = torch.randn(1, 2, 6, 6, 6)
+    alpha = torch.tensor([0.3, -1.2])
+    w = torch.softmax(alpha, dim=0)
+    w = w / w.norm()
+    torch.testing.assert_close(edge(x, alpha), w[0] * edge.ops[0](x) + w[1] * edge.ops[1](x))
+
+
+def test_a_chain_of_uniform_mixtures_keeps_the_signal():
+    """Nine mixed edges (the depth from an image to a velocity head) neither vanish nor explode the input."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 16, 16)
+    edges = [MixedOp(3, 1 if i == 0 else 8, 8, 1) for i in range(9)]
+    h = x
+    with torch.no_grad():
+        for edge in edges:
+            h = edge(h, torch.zeros(len(PRIMITIVES)))
+    spread = float(h.std(dim=(2, 3, 4)).mean())
+    assert 0.05 < spread / float(x.std()) < 20.0
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -115,7 +115,7 @@ def map_to_fixed_grid(
 
 
 def _on_fixed_grid(data: torch.Tensor, fixed: MetaTensor, name: str) -> MetaTensor:
-    meta = dict(fixed.meta)
+    meta = {k: v for k, v in fixed.meta.items() if k != "affine"}  # the affine is given below
     meta["filename_or_obj"] = f"{name}.nii.gz"  # SaveImaged derives the output names from it
     meta["original_channel_dim"] = "no_channel"  # written as (X, Y, Z), or (X, Y, Z, C) with the channels last
     meta["spatial_shape"] = tuple(fixed.shape[1:])

@@ -8,14 +8,24 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The ``autoreg`` command line (``python -m autoreg_monai``), built with ``fire``."""
+"""The ``autoreg`` command line (``python -m autoreg_monai``), built with ``fire``.
+
+Commands: ``register`` (two scans with a bundle), ``datalist`` (a MONAI datalist from a folder),
+``search``/``train``/``evaluate`` (a bundle's workflows, through MONAI's bundle runner), ``package`` and
+``fetch`` (verified bundle archives), ``info`` (what a bundle holds) and ``demo`` (a generated phantom).
+Errors a user can act on end the command with exit code 1 and one line naming the file and the problem;
+``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import fire
 import torch
@@ -23,15 +33,262 @@ from monai.networks.blocks import Warp
 from monai.utils import set_determinism
 from tqdm import tqdm
 
+from autoreg_monai.bundle_runner import find_bundle, run_workflow
 from autoreg_monai.checkpoint import save_model
+from autoreg_monai.checks import check_label_map, check_scan, field_of_view_warning
+from autoreg_monai.data.folder import datalist_from_folder, write_datalist
 from autoreg_monai.data.phantom import PHANTOM_LABELS, make_phantom_pair
 from autoreg_monai.io import atomic_write
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.metrics import dice_per_label, folding_percentage, ncc, std_log_jacobian, warp_labels
-from autoreg_monai.networks.genotype import Genotype
+from autoreg_monai.networks.genotype import Genotype, loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegNet
+from autoreg_monai.packaging import fetch_bundle, package_bundle
+from autoreg_monai.prealign import PREALIGN_MODES
+from autoreg_monai.search.searcher import format_genotype
 
-__all__ = ["demo", "main"]
+__all__ = ["datalist", "demo", "evaluate", "fetch", "info", "main", "package", "register", "search", "train"]
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, flush=True)
+
+
+def register(
+    fixed: str,
+    moving: str,
+    bundle: str,
+    out: str = "registered",
+    moving_label: str | None = None,
+    device: str = "cpu",
+    prealign: str = "affine",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Register a moving scan to a fixed scan with a bundle's trained network.
+
+    Runs the bundle's ``inference`` workflow: affine pre-alignment (SimpleITK, Mattes mutual information),
+    the deformable network on the working grid, and the composed result on the fixed scan's own grid.
+
+    Args:
+        fixed: the reference scan: a NIfTI, NRRD or MHA file, or a DICOM series folder.
+        moving: the scan to deform (same kinds).
+        bundle: the bundle folder (e.g. ``bundles/brain_t1``) or a folder made by ``autoreg fetch``.
+        out: folder of the outputs: ``<moving>_to_<fixed>_{warped,ddf,jacobian}.nii.gz`` (+ ``_warped_label``
+            with ``--moving_label``, + ``_affine.tfm`` when pre-aligned), all on the fixed scan's grid.
+        moving_label: optional label map of the moving scan, warped along (nearest neighbour).
+        device: ``cpu`` or ``cuda``.
+        prealign: ``affine`` (default), ``rigid`` or ``none`` (scans already affinely aligned).
+        quiet: print nothing but errors.
+
+    Example::
+
+        autoreg register --fixed atlas_T1.nii.gz --moving sub01_T1.nii.gz --bundle bundles/brain_t1 --out out
+    """
+    if prealign not in PREALIGN_MODES:
+        raise ValueError(f"--prealign must be one of {', '.join(PREALIGN_MODES)}, got {prealign!r}")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    folder = find_bundle(bundle, require_weights=True)
+    _say(quiet, f"[1/3] checking the scans ({Path(moving).name} -> {Path(fixed).name})")
+    fixed_image, moving_image = check_scan(fixed, "fixed image"), check_scan(moving, "moving image")
+    if moving_label is not None:
+        check_label_map(moving_label, moving_image, moving)
+    warning = field_of_view_warning(fixed_image, moving_image, prealign)
+    if warning:
+        print(f"autoreg: warning: {warning}", file=sys.stderr, flush=True)
+    _say(quiet, f"[2/3] registering with {folder.name} (pre-alignment: {prealign}, device: {device})")
+    start = time.perf_counter()
+    workflow = run_workflow(
+        folder,
+        "inference",
+        quiet=True,
+        moving=moving,
+        fixed=fixed,
+        moving_label=moving_label,
+        results_dir=str(Path(out).expanduser().resolve()),
+        device=f"$torch.device('{device}')",
+        prealign=prealign,
+    )
+    elapsed = time.perf_counter() - start
+    result = workflow.evaluator.state.output[0]
+    outputs = sorted(p.name for p in Path(out).glob(f"{result['pair']}_*"))
+    summary = {
+        "pair": result["pair"],
+        "seconds": round(elapsed, 3),
+        "network_seconds": round(float(result["runtime_s"]), 4),
+        "ncc_world": round(float(result["ncc_before"]), 4),
+        "ncc_prealigned": round(float(result["ncc_prealigned"]), 4),
+        "ncc": round(float(result["ncc"]), 4),
+        "folding_percent": round(float(result["folding_percent"]), 4),
+        "outputs": outputs,
+    }
+    _say(quiet, f"[3/3] wrote {len(outputs)} files to {out}: {', '.join(outputs)}")
+    _say(
+        quiet,
+        f"{result['pair']}: {elapsed:.1f} s in all (network {summary['network_seconds']:.3f} s); NCC "
+        f"{summary['ncc_world']:.4f} before -> {summary['ncc_prealigned']:.4f} pre-aligned -> {summary['ncc']:.4f} "
+        f"registered; folded voxels {summary['folding_percent']:.4f} %",
+    )
+    return summary
+
+
+def datalist(
+    images: str,
+    labels: str | None = None,
+    pairing: str = "atlas",
+    atlas: str | None = None,
+    atlas_label: str | None = None,
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+    out: str = "datalist.json",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Build a MONAI datalist from a folder of scans, matching label maps to scans by file name.
+
+    Args:
+        images: folder of scans (NIfTI, NRRD, MHA files or DICOM series folders).
+        labels: folder of label maps (same name as their scan, the scan's name plus a suffix such as
+            ``_seg``, or the same subject identifier before the first ``_``).
+        pairing: ``atlas`` (needs ``--atlas``), ``pairwise`` or ``cross_modal`` (T1/T2 in the names).
+        atlas: the atlas scan. atlas_label: its label map.
+        val: fraction of subjects for validation; test: for testing (both drawn from labelled subjects).
+        seed: seed of the split.
+        out: the datalist file; paths in it are relative to its folder.
+        quiet: print nothing but errors.
+
+    Example::
+
+        autoreg datalist --images scans/ --labels labels/ --atlas atlas.nii.gz --out study/datalist.json
+    """
+    target = Path(out).expanduser().resolve()
+    scan = datalist_from_folder(images, labels, pairing, atlas, atlas_label, val, test, seed, base_dir=target.parent)
+    write_datalist(scan, target)
+    _say(quiet, scan.report())
+    _say(quiet, f"wrote {target}")
+    return {
+        "datalist": str(target),
+        "images_without_label": scan.images_without_label,
+        "labels_without_image": scan.labels_without_image,
+    }
+
+
+def _bundle_workflow(workflow: str, bundle: str, dataset_dir: str | None, quiet: bool, overrides: dict) -> None:
+    folder = find_bundle(bundle)
+    if dataset_dir is not None:
+        path = Path(dataset_dir)
+        if not (path / "datalist.json").is_file() and not path.is_file():
+            raise ValueError(f"{dataset_dir}: no datalist.json there (make one with autoreg datalist)")
+        overrides["dataset_dir"] = dataset_dir
+    _say(
+        quiet,
+        f"running the {workflow} workflow of {folder.name} (python -m monai.bundle run, from {folder.parent.parent})",
+    )
+    run_workflow(folder, workflow, quiet=quiet, **overrides)
+
+
+def search(bundle: str, dataset_dir: str | None = None, quiet: bool = False, **overrides: Any) -> None:
+    """Search the architecture and loss weights of a bundle on a dataset (its ``search`` workflow).
+
+    Any other ``--key value`` is a bundle config override, e.g. ``--max_epochs 45 --device cuda``.
+
+    Example::
+
+        autoreg search --bundle bundles/brain_t1 --dataset_dir study/ --max_epochs 45
+    """
+    _bundle_workflow("search", bundle, dataset_dir, quiet, overrides)
+
+
+def train(bundle: str, dataset_dir: str | None = None, quiet: bool = False, **overrides: Any) -> None:
+    """Train the searched network of a bundle from scratch (its ``train`` workflow); overrides as for search."""
+    _bundle_workflow("train", bundle, dataset_dir, quiet, overrides)
+
+
+def evaluate(bundle: str, dataset_dir: str | None = None, quiet: bool = False, **overrides: Any) -> None:
+    """Score a bundle's trained network on the test pairs (its ``evaluate`` workflow); overrides as for search."""
+    _bundle_workflow("evaluate", bundle, dataset_dir, quiet, overrides)
+
+
+def package(bundle: str, out: str, quiet: bool = False) -> dict[str, str]:
+    """Write a distributable bundle archive (configs, docs, licence, genotype and weights, SHA256SUMS).
+
+    Also writes ``<out>.sha256``, the archive's own SHA-256, to publish with it.
+
+    Example::
+
+        autoreg package --bundle bundles/brain_t1 --out dist/brain_t1.zip
+    """
+    archive, digest = package_bundle(find_bundle(bundle, require_weights=True), out)
+    _say(quiet, f"wrote {archive} (sha256 {digest})")
+    return {"archive": str(archive), "sha256": digest}
+
+
+def fetch(source: str, out: str = "bundles_fetched", sha256: str | None = None, quiet: bool = False) -> str:
+    """Download or copy a bundle archive, check every hash and unpack it into ``<out>/<name>_v<version>/``.
+
+    Args:
+        source: an archive file or a file://, http:// or https:// URL.
+        out: the folder receiving ``<name>_v<version>/bundles/<name>/``.
+        sha256: the archive's expected SHA-256 (default: ``<archive>.sha256`` next to a local archive).
+        quiet: print nothing but errors.
+
+    Example::
+
+        autoreg fetch --source dist/brain_t1.zip --out ~/autoreg
+        autoreg register --bundle ~/autoreg/brain_t1_v0.3.0 --fixed f.nii.gz --moving m.nii.gz
+    """
+    folder = fetch_bundle(source, out, sha256)
+    _say(quiet, f"bundle ready in {folder} (run monai.bundle commands from {folder.parent.parent})")
+    return str(folder)
+
+
+def info(bundle: str) -> dict[str, Any]:
+    """Print what a bundle holds: scenario, genotype, loss weights, parameters, training data."""
+    folder = find_bundle(bundle)
+    meta = json.loads((folder / "configs" / "metadata.json").read_text())
+    common = json.loads((folder / "configs" / "common.json").read_text())
+    details: dict[str, Any] = {
+        "bundle": str(folder),
+        "name": meta.get("name"),
+        "version": meta.get("version"),
+        "scenario": common.get("scenario"),
+        "similarity": common.get("similarity"),
+        "pairing": common.get("pairing"),
+        "working_grid": common.get("spatial_size"),
+        "training_data": meta.get("data_source"),
+    }
+    lines = [
+        f"{details['name']} {details['version']} ({folder})",
+        f"scenario {details['scenario']}: {details['similarity']} similarity, {details['pairing']} pairing, "
+        f"working grid {details['working_grid']}",
+    ]
+    genotype_file = folder / "models" / "genotype.json"
+    if genotype_file.is_file():
+        genotype = Genotype.from_json(genotype_file)
+        net = AutoRegNet(
+            genotype,
+            feature_channels=common["feature_channels"],
+            deformation_channels=common["deformation_channels"],
+            integration_steps=common["integration_steps"],
+        )
+        details["parameters"] = sum(p.numel() for p in net.parameters())
+        details["loss_weights"] = dict(zip(loss_term_names(len(genotype.loss_weights)), genotype.loss_weights))
+        lines += [format_genotype(genotype), f"parameters: {details['parameters']:,}"]
+    else:
+        lines.append("no models/genotype.json: run the search workflow first")
+    model_file = folder / "models" / "model.pt"
+    details["trained"] = model_file.is_file()
+    lines.append(
+        f"weights: models/model.pt ({model_file.stat().st_size / 2**20:.2f} MiB)"
+        if model_file.is_file()
+        else "weights: none (run the train workflow)"
+    )
+    lines.append(f"training data: {details['training_data']}")
+    print("\n".join(lines))
+    return details
 
 
 def _pair_report(pair: dict[str, torch.Tensor], ddf: torch.Tensor) -> dict[str, float]:
@@ -127,6 +384,40 @@ def demo(
         print(f"wrote {folder / 'model.pt'} and {folder / 'demo.json'}")
 
 
-def main() -> None:
-    """Entry point of the ``autoreg`` console script."""
-    fire.Fire({"demo": demo}, name="autoreg")
+COMMANDS = {
+    "register": register,
+    "datalist": datalist,
+    "search": search,
+    "train": train,
+    "evaluate": evaluate,
+    "package": package,
+    "fetch": fetch,
+    "info": info,
+    "demo": demo,
+}
+"""The commands of ``autoreg``."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``autoreg`` console script; ``--debug`` anywhere shows tracebacks."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
+    warnings.filterwarnings("ignore", message=".*GHSA-873f.*")
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")  # optional GPU decoder absent: fine
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)  # an optional GPU decoder
+    try:
+        fire.Fire(COMMANDS, command=args, name="autoreg", serialize=lambda value: None)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
+        if debug:
+            raise
+        message = str(error).strip() or type(error).__name__
+        print(f"autoreg: error: {message}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as error:  # a bug, not a user error: say so, and how to see where
+        if debug:
+            raise
+        print(f"autoreg: internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,258 @@
+# Copyright (c) autoreg_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+"""The ``autoreg`` console script, driven through ``subprocess`` on the real sample data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.data import load_decathlon_datalist
+
+from autoreg_monai.metrics import dice_per_label
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = REPO_ROOT / "bundles" / "brain_t1"
+SCRIPT = Path(sysconfig.get_path("scripts")) / "autoreg"
+
+
+def autoreg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed console script (``python -m autoreg_monai`` where the script is not on this venv)."""
+    command = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "autoreg_monai"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=900, cwd=cwd)
+
+
+def _ixi(sample_data: Path, subject: str, kind: str = "T1w") -> Path:
+    return next((sample_data / "ixi_dlmuse").glob(f"{subject}*_{kind}_2mm.nii.gz"))
+
+
+def _dice(warped: Path, fixed_label: Path) -> float:
+    a = np.asarray(nib.load(warped).dataobj).astype(np.int64)
+    b = np.asarray(nib.load(fixed_label).dataobj).astype(np.int64)
+    labels = sorted(set(np.unique(a)) & set(np.unique(b)) - {0})
+    return float(dice_per_label(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], labels).nanmean())
+
+
+def test_register_real_scans_not_pre_aligned(sample_data, tmp_path):
+    """Two IXI subjects in native scanner space: the affine pre-alignment raises the DLMUSE label Dice."""
+    fixed, moving = _ixi(sample_data, "IXI012"), _ixi(sample_data, "IXI013")
+    fixed_label, moving_label = _ixi(sample_data, "IXI012", "dlmuse"), _ixi(sample_data, "IXI013", "dlmuse")
+    scores = {}
+    for mode in ("none", "affine"):
+        out = tmp_path / mode
+        result = autoreg(
+            "register",
+            "--fixed",
+            str(fixed),
+            "--moving",
+            str(moving),
+            "--moving_label",
+            str(moving_label),
+            "--bundle",
+            str(BUNDLE),
+            "--out",
+            str(out),
+            "--prealign",
+            mode,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "folded voxels" in result.stdout and "NCC" in result.stdout
+        stem = "IXI013-HH-1212_T1w_2mm_to_IXI012-HH-1211_T1w_2mm"
+        expected = {f"{stem}_{w}.nii.gz" for w in ("warped", "ddf", "jacobian", "warped_label")}
+        if mode == "affine":
+            expected.add(f"{stem}_affine.tfm")
+        assert {p.name for p in out.iterdir()} == expected
+        reference = nib.load(fixed)
+        for name in expected - {f"{stem}_affine.tfm"}:
+            image = nib.load(out / name)
+            assert np.allclose(image.affine, reference.affine, atol=1e-4) and image.shape[:3] == reference.shape
+        scores[mode] = _dice(out / f"{stem}_warped_label.nii.gz", fixed_label)
+    print(
+        f"\nIXI013 -> IXI012, DLMUSE ROIs: Dice {scores['none']:.4f} (prealign none), {scores['affine']:.4f} (affine)"
+    )
+    assert scores["affine"] > scores["none"]
+
+
+def test_register_onto_a_dicom_series(sample_data, tmp_path):
+    """A DICOM series folder as the fixed image: the outputs lie on the series' grid as SimpleITK reads it."""
+    series = sample_data / "dicom_brain_t1_decubitus" / "HFS_t1_fl2d_sag"
+    moving = _ixi(sample_data, "IXI014")
+    out = tmp_path / "out"
+    result = autoreg(
+        "register", "--fixed", str(series), "--moving", str(moving), "--bundle", str(BUNDLE), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    reference = reader.Execute()
+
+    def corners(image: sitk.Image) -> np.ndarray:
+        size = image.GetSize()[:3]
+        points = [
+            image.TransformContinuousIndexToPhysicalPoint([i * (size[0] - 1), j * (size[1] - 1), k * (size[2] - 1)])
+            for i in (0, 1)
+            for j in (0, 1)
+            for k in (0, 1)
+        ]
+        return np.array(sorted(np.round(points, 3).tolist()))
+
+    for name in ("warped", "jacobian"):
+        written = sitk.ReadImage(str(next(out.glob(f"*_{name}.nii.gz"))))
+        assert sorted(written.GetSize()) == sorted(reference.GetSize())
+        assert sorted(np.round(written.GetSpacing(), 4)) == sorted(np.round(reference.GetSpacing(), 4))
+        assert np.allclose(corners(written), corners(reference), atol=1e-2), name
+    warped = sitk.GetArrayFromImage(sitk.ReadImage(str(next(out.glob("*_warped.nii.gz")))))
+    assert warped.max() > 0  # the moving head lands in the series' field of view
+
+
+def test_datalist_reports_the_unmatched_image(tmp_path):
+    data = np.zeros((8, 8, 8), dtype=np.float32)
+    data[2:6, 2:6, 2:6] = 1.0
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i in range(5):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "images" / f"sub{i:02d}.nii.gz"))
+        if i < 4:
+            nib.save(
+                nib.Nifti1Image(data.astype(np.int16), np.eye(4)), str(tmp_path / "labels" / f"sub{i:02d}_seg.nii.gz")
+            )
+    out = tmp_path / "study" / "datalist.json"
+    result = autoreg(
+        "datalist",
+        "--images",
+        str(tmp_path / "images"),
+        "--labels",
+        str(tmp_path / "labels"),
+        "--pairing",
+        "pairwise",
+        "--val",
+        "0.4",
+        "--test",
+        "0",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "images without a label map (1): sub04.nii.gz" in result.stdout
+    training = load_decathlon_datalist(str(out), data_list_key="training")
+    validation = load_decathlon_datalist(str(out), data_list_key="validation")
+    assert len(training) + len(validation) == 5 and all(Path(s["image"]).is_file() for s in training)
+    assert all("label" in s for s in validation)
+
+
+def test_package_fetch_round_trip_and_refusals(tmp_path):
+    archive = tmp_path / "dist" / "brain_t1.zip"
+    result = autoreg("package", "--bundle", str(BUNDLE), "--out", str(archive))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = autoreg("fetch", "--source", str(archive), "--out", str(tmp_path / "fetched"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    fetched = tmp_path / "fetched" / f"brain_t1_v{version}" / "bundles" / "brain_t1"
+    with zipfile.ZipFile(archive) as zf:
+        files = [n.split("/", 1)[1] for n in zf.namelist() if not n.endswith("SHA256SUMS")]
+    for relative in files:
+        assert (fetched / relative).read_bytes() == (BUNDLE / relative).read_bytes(), relative
+    info = autoreg("info", "--bundle", str(tmp_path / "fetched" / f"brain_t1_v{version}"))
+    assert info.returncode == 0 and "parameters:" in info.stdout and "lncc" in info.stdout
+    tampered = tmp_path / "tampered" / "brain_t1.zip"
+    tampered.parent.mkdir()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    shutil.copy(archive.with_name("brain_t1.zip.sha256"), tampered.with_name("brain_t1.zip.sha256"))
+    result = autoreg("fetch", "--source", str(tampered), "--out", str(tmp_path / "bad"))
+    assert result.returncode == 1 and "SHA-256 check of the archive failed" in result.stderr
+    assert "Traceback" not in result.stderr
+    slip = tmp_path / "slip.zip"
+    shutil.copy(archive, slip)
+    with zipfile.ZipFile(slip, "a") as zf:
+        zf.writestr("brain_t1/../../escaped.txt", b"x")
+    result = autoreg("fetch", "--source", str(slip), "--out", str(tmp_path / "bad"))
+    assert result.returncode == 1 and "points outside the archive folder" in result.stderr
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+@pytest.fixture()
+def bad_inputs(sample_data, tmp_path):
+    """Broken files next to real ones."""
+    unreadable = tmp_path / "broken.nii.gz"
+    unreadable.write_bytes(gzip.compress(b"this is not a NIfTI file"))
+    flat = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(32, 32).astype(np.float32), np.eye(4)), str(flat))
+    weightless = tmp_path / "bundles" / "brain_t1"
+    shutil.copytree(BUNDLE, weightless, ignore=shutil.ignore_patterns("search", "train", "model.pt"))
+    return {
+        "fixed": str(_ixi(sample_data, "IXI012")),
+        "moving": str(_ixi(sample_data, "IXI013")),
+        "unreadable": str(unreadable),
+        "flat": str(flat),
+        "weightless": str(weightless),
+        "other_label": str(sample_data / "freesurfer_mne_sample" / "aseg_3mm.nii.gz"),
+        "ct": str(sample_data / "totalseg_abdomen_ct" / "ct_3mm_crop.nii.gz"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "missing.nii.gz: moving image not found"),
+        ("unreadable", "broken.nii.gz: cannot read the moving image as an image"),
+        ("flat", "slice.nii.gz: the moving image is 2-D"),
+        ("weightless", "the bundle has no models/model.pt (no trained weights)"),
+        ("label", "aseg_3mm.nii.gz: the label map (shape (86, 86, 86)) does not match its image"),
+    ],
+)
+def test_bad_input_is_refused_with_a_message(bad_inputs, tmp_path, case, message):
+    args = {"fixed": bad_inputs["fixed"], "moving": bad_inputs["moving"], "bundle": str(BUNDLE)}
+    if case == "missing":
+        args["moving"] = str(tmp_path / "missing.nii.gz")
+    elif case in ("unreadable", "flat"):
+        args["moving"] = bad_inputs[case]
+    elif case == "weightless":
+        args["bundle"] = bad_inputs["weightless"]
+    else:
+        args["moving_label"] = bad_inputs["other_label"]
+    out = tmp_path / "out"
+    result = autoreg("register", *[x for k, v in args.items() for x in (f"--{k}", v)], "--out", str(out))
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()  # refused before any work: no partial results
+
+
+def test_very_different_fields_of_view_warn(bad_inputs, tmp_path):
+    result = autoreg(
+        "register",
+        "--fixed",
+        bad_inputs["fixed"],
+        "--moving",
+        bad_inputs["ct"],
+        "--bundle",
+        str(BUNDLE),
+        "--out",
+        str(tmp_path / "out"),
+        "--prealign",
+        "none",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fields of view differ a lot" in result.stderr and "use --prealign affine" in result.stderr
+    assert result.stdout == ""  # --quiet

@@ -158,6 +158,34 @@ def test_datalist_reports_the_unmatched_image(tmp_path):
     assert all("label" in s for s in validation)
 
 
+def test_datalist_then_evaluate_on_real_scans(sample_data, tmp_path):
+    """The user's path: a datalist from a folder of real scans, then a bundle workflow run on it by the CLI."""
+    images, labels = tmp_path / "scans", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for subject in ("IXI012", "IXI013", "IXI014"):
+        (images / _ixi(sample_data, subject).name).symlink_to(_ixi(sample_data, subject))
+        (labels / _ixi(sample_data, subject, "dlmuse").name).symlink_to(_ixi(sample_data, subject, "dlmuse"))
+    atlas = images / _ixi(sample_data, "IXI012").name
+    study = tmp_path / "study"
+    result = autoreg(
+        "datalist", "--images", str(images), "--labels", str(labels), "--atlas", str(atlas),
+        "--atlas_label", str(labels / _ixi(sample_data, "IXI012", "dlmuse").name),
+        "--val", "0", "--test", "0.5", "--out", str(study / "datalist.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(load_decathlon_datalist(str(study / "datalist.json"), data_list_key="test")) == 1
+    result = autoreg(
+        "evaluate", "--bundle", str(BUNDLE), "--dataset_dir", str(study), "--eval_dir", str(tmp_path / "eval"),
+        "--prealign", "affine", "--panels", "False", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ""  # --quiet: no log lines, no progress bars
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["num_pairs"] == 1 and len(summary["labels"]) > 100  # the DLMUSE regions of the real scans
+    assert summary["mean"]["mean_dice"] > 0.2
+
+
 def test_package_fetch_round_trip_and_refusals(tmp_path):
     archive = tmp_path / "dist" / "brain_t1.zip"
     result = autoreg("package", "--bundle", str(BUNDLE), "--out", str(archive))

@@ -127,7 +127,8 @@ def datalist_from_folder(
 ) -> FolderScan:
     """Build a datalist (MONAI's JSON form) from a folder of scans.
 
-    Subjects are shuffled with ``seed``; the validation and test splits take ``val`` and ``test`` of them
+    The atlas (and its label map), when it lies in the scanned folders, is not made a subject. Subjects
+    are shuffled with ``seed``; the validation and test splits take ``val`` and ``test`` of them
     (at least one each when the fraction is positive), drawn from the subjects that have a label map
     (the loss-weight search scores the validation Dice, evaluation the test Dice), the rest train.
 
@@ -154,8 +155,11 @@ def datalist_from_folder(
         raise ValueError(f"unknown pairing {pairing!r}; use one of {', '.join(PAIRINGS)}")
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ValueError(f"val and test must be fractions in [0, 1) summing below 1, got val={val}, test={test}")
-    image_files = _scans(Path(images))
-    label_files = _scans(Path(labels)) if labels is not None else []
+    reference = {os.path.abspath(p) for p in (atlas, atlas_label) if p is not None}  # the atlas is no subject
+    image_files = [p for p in _scans(Path(images)) if os.path.abspath(p) not in reference]
+    label_files = [
+        p for p in (_scans(Path(labels)) if labels is not None else []) if os.path.abspath(p) not in reference
+    ]
     matches, unused_labels, ambiguous = _match_labels(image_files, label_files)
 
     def entry_path(path: Path) -> str:

@@ -108,4 +108,18 @@ def test_bad_folders_and_options(tmp_path):
         datalist_from_folder(tmp_path / "img", val=0.6, test=0.5)
     _nifti(tmp_path / "lab" / "s0.nii.gz", label=True)
     with pytest.raises(ValueError, match="1 of 3 subjects have a label map"):
-        datalist_from_folder(tmp_path / "img", tmp_path / "lab", atlas=tmp_path / "img" / "s0.nii.gz")
+        datalist_from_folder(tmp_path / "img", tmp_path / "lab", atlas=_nifti(tmp_path / "atlas.nii.gz"))
+
+
+def test_an_atlas_inside_the_scanned_folder_is_not_a_subject(tmp_path):
+    for i in range(4):
+        _nifti(tmp_path / "images" / f"sub{i}_T1.nii.gz")
+        _nifti(tmp_path / "labels" / f"sub{i}_seg.nii.gz", label=True)
+    atlas, atlas_label = tmp_path / "images" / "sub0_T1.nii.gz", tmp_path / "labels" / "sub0_seg.nii.gz"
+    scan = datalist_from_folder(
+        tmp_path / "images", tmp_path / "labels", atlas=atlas, atlas_label=atlas_label, val=0, test=0.34
+    )
+    subjects = [s["image"] for split in ("training", "validation", "test") for s in scan.datalist[split]]
+    assert sorted(Path(s).name for s in subjects) == ["sub1_T1.nii.gz", "sub2_T1.nii.gz", "sub3_T1.nii.gz"]
+    assert scan.datalist["atlas"] == {"image": str(atlas), "label": str(atlas_label)}
+    assert scan.labels_without_image == [] and scan.images_without_label == []

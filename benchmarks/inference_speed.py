@@ -24,17 +24,15 @@ measured in one run do not.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import machine, write_json  # benchmarks/ is on sys.path when a script of it runs
 from monai.networks.blocks import Warp
 from monai.networks.nets import LocalNet, VoxelMorph
 
@@ -177,25 +175,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine(device: str) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        cpu = names[0] if names else cpu
-    info = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "logical_cpus": mp.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     """``"160x192x224,96x112x128"`` -> ``[(160, 192, 224), (96, 112, 128)]``."""
     sizes = []
@@ -235,12 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_ratios(rows)
     result = {"benchmark": "inference_speed", "machine": machine(args.device), "options": options, "rows": rows}
     print(table(rows))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    temporary.replace(out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(result, args.out)}")
     return result
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 __all__ = ["HYPERGRADIENT_ORDERS", "hypergradient"]
 
@@ -78,18 +79,21 @@ def hypergradient(
         value = upper_loss(weights)
         return _grads(value, upper), value.detach()
 
-    step = _grads(train_loss(weights), omega)
-    virtual = {n: (w.detach() - xi * g).requires_grad_(True) for n, w, g in zip(names, omega, step)}
-    value = upper_loss(virtual)
-    grads = _grads(value, [*upper, *virtual.values()])
+    with record_function("autoreg::virtual_step"):  # scopes named for torch.profiler (benchmarks/search_cost.py)
+        step = _grads(train_loss(weights), omega)
+        virtual = {n: (w.detach() - xi * g).requires_grad_(True) for n, w, g in zip(names, omega, step)}
+    with record_function("autoreg::upper_gradient"):
+        value = upper_loss(virtual)
+        grads = _grads(value, [*upper, *virtual.values()])
     direct, v = grads[: len(upper)], grads[len(upper) :]
     norm = torch.sqrt(sum((g.double() ** 2).sum() for g in v))
     if norm == 0:  # the upper loss does not see the weights: nothing to correct
         return direct, value.detach()
     eps = radius / float(norm)
-    plus = {n: w.detach() + eps * g for n, w, g in zip(names, omega, v)}
-    minus = {n: w.detach() - eps * g for n, w, g in zip(names, omega, v)}
-    grad_plus = _grads(train_loss(plus), upper)
-    grad_minus = _grads(train_loss(minus), upper)
+    with record_function("autoreg::hessian_vector_product"):
+        plus = {n: w.detach() + eps * g for n, w, g in zip(names, omega, v)}
+        minus = {n: w.detach() - eps * g for n, w, g in zip(names, omega, v)}
+        grad_plus = _grads(train_loss(plus), upper)
+        grad_minus = _grads(train_loss(minus), upper)
     corrected = [d - xi * (gp - gm) / (2 * eps) for d, gp, gm in zip(direct, grad_plus, grad_minus)]
     return corrected, value.detach()

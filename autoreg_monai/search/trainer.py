@@ -25,6 +25,7 @@ import torch
 from monai.engines import Trainer
 from torch.func import functional_call
 from torch.nn.modules.loss import _Loss
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from autoreg_monai.data.datalist import PAIR_KEYS
@@ -209,10 +210,11 @@ class AutoRegSearchTrainer(Trainer):
             self.upper_optimizer.step()
             upper_value = value.item()
 
-        loss = self._registration(train, learn_weights=False)(weights)
-        grads = torch.autograd.grad(loss, list(weights.values()))
-        self.weight_optimizer.zero_grad(set_to_none=True)
-        for weight, grad in zip(weights.values(), grads):
-            weight.grad = grad
-        self.weight_optimizer.step()
+        with record_function("autoreg::weight_step"):  # a scope for torch.profiler (benchmarks/search_cost.py)
+            loss = self._registration(train, learn_weights=False)(weights)
+            grads = torch.autograd.grad(loss, list(weights.values()))
+            self.weight_optimizer.zero_grad(set_to_none=True)
+            for weight, grad in zip(weights.values(), grads):
+                weight.grad = grad
+            self.weight_optimizer.step()
         return {"loss": loss.item(), "upper_loss": upper_value}

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from autoreg_monai.networks.blocks.ops import PRIMITIVES, make_op
 
@@ -78,9 +79,10 @@ class MixedOp(nn.Module):
             raise ValueError(
                 f"alpha must have shape ({len(self.ops)},) for {len(self.ops)} candidates, got {tuple(alpha.shape)}"
             )
-        weights = torch.softmax(alpha, dim=0).to(x.dtype)
-        weights = weights / weights.norm()
-        out = weights[0] * self.ops[0](x)
-        for weight, op in zip(weights[1:], self.ops[1:]):
-            out = out + weight * op(x)
+        with record_function("autoreg::mixed_op"):  # a scope for torch.profiler (benchmarks/search_cost.py)
+            weights = torch.softmax(alpha, dim=0).to(x.dtype)
+            weights = weights / weights.norm()
+            out = weights[0] * self.ops[0](x)
+            for weight, op in zip(weights[1:], self.ops[1:]):
+                out = out + weight * op(x)
         return out

@@ -72,13 +72,18 @@ def sample_at_world(
         raise ValueError(f"expected a (C, X, Y, Z) image, got {tuple(image.shape)}")
     affine = _affine(affine).to(points.device)
     target_shape = points.shape[1:]
-    flat = points.reshape(3, -1).to(torch.float64)
-    index = torch.linalg.solve(affine[:3, :3], flat - affine[:3, 3:])  # voxel coordinates in ``image``
-    sizes = torch.tensor(image.shape[1:], dtype=torch.float64, device=index.device).view(3, 1)
-    normalised = 2.0 * index / (sizes - 1).clamp_min(1.0) - 1.0  # align_corners=True convention
-    grid = normalised.flip(0).T.reshape(1, 1, 1, -1, 3).to(torch.float32)  # grid_sample wants (z, y, x) order
+    # world -> voxel index -> grid_sample's [-1, 1] (align_corners=True), composed into one affine map whose
+    # rows are reversed because grid_sample takes (z, y, x): one matrix product per point, no temporaries
+    inverse = torch.linalg.inv(affine)
+    sizes = torch.tensor(image.shape[1:], dtype=torch.float64, device=affine.device)
+    scale = 2.0 / (sizes - 1).clamp_min(1.0)
+    matrix = (scale[:, None] * inverse[:3, :3]).flip(0)
+    offset = (scale * inverse[:3, 3] - 1.0).flip(0)
+    grid = torch.addmm(offset, points.reshape(3, -1).T.to(torch.float64), matrix.T).to(torch.float32)
     values = image[None].to(torch.float32)
-    sampled = F.grid_sample(values, grid.to(values.device), mode=mode, padding_mode=padding_mode, align_corners=True)
+    sampled = F.grid_sample(
+        values, grid.view(1, 1, 1, -1, 3).to(values.device), mode=mode, padding_mode=padding_mode, align_corners=True
+    )
     return sampled.reshape(image.shape[0], *target_shape).to(image.dtype)
 
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import platform
+import resource
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["machine", "write_json"]
+__all__ = ["machine", "peak_rss_mib", "run_isolated", "write_json"]
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:
@@ -52,3 +54,35 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     temporary.write_text(json.dumps(result, indent=2) + "\n")
     temporary.replace(out)
     return out
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (``ru_maxrss`` is in kB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _child(function: Callable[..., dict[str, Any]], arguments: tuple, queue: Any) -> None:
+    try:
+        queue.put(function(*arguments))
+    except Exception as error:  # handed back to the parent, which decides whether the run goes on
+        queue.put({"error": f"{type(error).__name__}: {error}"})
+
+
+def run_isolated(
+    function: Callable[..., dict[str, Any]], *arguments: Any, start_method: str = "fork"
+) -> dict[str, Any]:
+    """``function(*arguments)`` in a fresh process, so its peak memory and caches are its own.
+
+    ``"fork"`` (the default, CPU runs) starts the child with the parent's imported modules, saving the
+    10-20 s an interpreter takes to import torch and MONAI; the parent must not have run multi-threaded
+    torch work before. ``"spawn"`` starts a clean interpreter (needed once CUDA may be initialised);
+    ``function`` must then be importable by the child (a module-level function of the script). Returns
+    its result dict, or ``{"error": "<type>: <message>"}`` when it raised.
+    """
+    context = mp.get_context(start_method)
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(function, arguments, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result

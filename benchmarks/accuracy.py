@@ -218,6 +218,7 @@ def build_methods(bundle: str, overrides: dict[str, Any], names: list[str], epoc
         "feature_channels": common.get_parsed_content("feature_channels"),
         "deformation_channels": common.get_parsed_content("deformation_channels"),
         "integration_steps": common.get_parsed_content("integration_steps"),
+        "channels_last": common.get_parsed_content("network_def#channels_last"),
     }
     methods: dict[str, Callable] = {}
     training: dict[str, float] = {}

@@ -24,21 +24,20 @@ measured in one run do not.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine, write_json  # benchmarks/ is on sys.path when a script of it runs
+from _common import machine, peak_rss_mib, run_isolated, write_json  # benchmarks/ is on sys.path
 from monai.networks.blocks import Warp
 from monai.networks.nets import LocalNet, VoxelMorph
 
 from autoreg_monai import AutoRegNet, Genotype
 
-MODELS = ("autoreg", "voxelmorph", "localnet")
+MODELS = ("autoreg", "autoreg_channels_last", "voxelmorph", "voxelmorph_channels_last", "localnet")
+"""``*_channels_last``: the same network with channels-last weights and inputs (``torch.channels_last_3d``)."""
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "inference_speed.json"
 
 
@@ -67,19 +66,30 @@ class LocalNetRegistration(torch.nn.Module):
         return self.warp(moving, ddf), ddf
 
 
+class ChannelsLast(torch.nn.Module):
+    """A registration module with channels-last weights, fed channels-last inputs."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net.to(memory_format=torch.channels_last_3d)
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last_3d
+        return self.net(moving.contiguous(memory_format=fmt), fixed.contiguous(memory_format=fmt))
+
+
 def build(name: str, genotype: str | None) -> torch.nn.Module:
     """The registration module ``name`` (one of :data:`MODELS`) with its default configuration."""
-    if name == "autoreg":
-        return AutoRegRegistration(AutoRegNet(Genotype.from_json(genotype) if genotype else Genotype.paper_default()))
+    if name in ("autoreg", "autoreg_channels_last"):
+        architecture = Genotype.from_json(genotype) if genotype else Genotype.paper_default()
+        return AutoRegRegistration(AutoRegNet(architecture, channels_last=name == "autoreg_channels_last"))
     if name == "voxelmorph":
         return VoxelMorph()  # MONAI's default: VoxelMorph-2 backbone, 7 integration steps, full resolution
+    if name == "voxelmorph_channels_last":
+        return ChannelsLast(VoxelMorph())
     if name == "localnet":
         return LocalNetRegistration()
     raise ValueError(f"unknown model {name!r}; use {', '.join(MODELS)}")
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
 def measure(name: str, size: tuple[int, int, int], options: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +99,7 @@ def measure(name: str, size: tuple[int, int, int], options: dict[str, Any]) -> d
     device = torch.device(options["device"])
     model = build(name, options["genotype"]).to(device).eval()
     moving, fixed = (torch.rand(1, 1, *size, device=device) for _ in range(2))
-    rss_before = _peak_rss_mib()
+    rss_before = peak_rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -120,26 +130,8 @@ def measure(name: str, size: tuple[int, int, int], options: dict[str, Any]) -> d
     if device.type == "cuda":
         row["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        row["peak_rss_mib"] = _peak_rss_mib()
+        row["peak_rss_mib"] = peak_rss_mib()
         row["forward_rss_mib"] = row["peak_rss_mib"] - rss_before  # what the passes added to the process
-    return row
-
-
-def _child(name: str, size: tuple[int, int, int], options: dict[str, Any], queue: Any) -> None:
-    try:
-        queue.put(measure(name, size, options))
-    except Exception as error:  # reported in the table instead of killing the whole run
-        queue.put({"model": name, "size": "x".join(map(str, size)), "error": f"{type(error).__name__}: {error}"})
-
-
-def run_isolated(name: str, size: tuple[int, int, int], options: dict[str, Any]) -> dict[str, Any]:
-    """:func:`measure` in a fresh process (spawned), so that its peak memory is not another model's."""
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=(name, size, options, queue))
-    process.start()
-    row = queue.get()
-    process.join()
     return row
 
 
@@ -209,7 +201,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for size in parse_sizes(args.sizes):
         for name in args.models.split(","):
-            rows.append(run_isolated(name.strip(), size, options))
+            start_method = "spawn" if args.device.startswith("cuda") else "fork"
+            row = run_isolated(measure, name.strip(), size, options, start_method=start_method)  # errors: a row
+            rows.append({"model": name.strip(), "size": "x".join(map(str, size)), **row})
             print(f"measured {name} at {rows[-1]['size']}", flush=True)
     add_ratios(rows)
     result = {"benchmark": "inference_speed", "machine": machine(args.device), "options": options, "rows": rows}

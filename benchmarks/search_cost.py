@@ -11,16 +11,17 @@
 """What a search costs next to a train-evaluation run, measured side by side with a bundle's own workflows.
 
 1. One search epoch (the feature stage, upper steps from the first iteration) and one train-evaluation epoch
-   on the same pairs and resolution: each workflow is run for 1 and for 2 epochs in a fresh process and the
-   difference is one epoch (set-up and data caching cancel); peak resident memory of each process.
+   (with its validation) on the same pairs and resolution: each workflow runs 2 epochs in a fresh process and
+   the second epoch is timed by a handler on its engine (set-up and first-epoch data loading left out); peak
+   resident memory of each process.
 2. The whole default search (three stages) and the whole default train-evaluation (with the searched
    genotype), wall time and peak memory; the ratio search / train (``--skip_whole`` to leave it out).
-3. A profile of the search iterations (torch.profiler, the ``autoreg::`` scopes of the search code): the
+3. A profile of one search iteration (torch.profiler, the ``autoreg::`` scopes of the search code): the
    virtual step, the upper gradient at ω', the finite-difference Hessian-vector product, the ω step, and
    how much of it is spent in the forward passes of the mixed operations.
 
-    python benchmarks/search_cost.py                 # brain_t1 at its defaults (about 35 min on 2 cores)
-    python benchmarks/search_cost.py --skip_whole    # parts 1 and 3 only
+    python benchmarks/search_cost.py                 # brain_t1 at its defaults (about 45 min on 2 cores)
+    python benchmarks/search_cost.py --skip_whole    # parts 1 and 3 only (a few minutes)
     python benchmarks/search_cost.py --override spatial_size=[16,16,16] --skip_whole --out /tmp/cost.json
 """
 
@@ -28,15 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine, write_json  # benchmarks/ is on sys.path when a script of it runs
+import torch
+from _common import machine, peak_rss_mib, run_isolated, write_json  # benchmarks/ is on sys.path
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser, create_workflow
+
+from autoreg_monai.networks import Genotype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "search_cost.json"
@@ -48,11 +52,59 @@ PROFILE_SCOPES = (
 )
 
 
-def _workflow(bundle: str, config: str, run_id: str, overrides: dict[str, Any], profile: bool) -> dict[str, Any]:
-    """Run one workflow of ``bundle`` in this process (from the repository root); wall time of its run."""
-    import torch
-    from monai.bundle import create_workflow
+class EpochTimer:
+    """Wall time of every epoch of an engine, from EPOCH_STARTED to the end of its EPOCH_COMPLETED handlers.
 
+    Attached last, so a train-evaluation epoch includes its validation and checkpointing.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._completed)
+
+    def _started(self, _: Engine) -> None:
+        self._start = time.perf_counter()
+
+    def _completed(self, _: Engine) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class IterationProfiler:
+    """torch.profiler over one search iteration: the second of the first epoch (the first warms the caches),
+    or the first when the epoch has one. One iteration records about 10^5 operator events; turning them into
+    the table takes torch.profiler a while, so the profile covers one iteration, not the epoch."""
+
+    def __init__(self) -> None:
+        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self.iteration = 0
+        self._running = False
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop)
+
+    def _start(self, engine: Engine) -> None:
+        if not self.iteration and engine.state.iteration == min(2, engine.state.epoch_length or 1):
+            self.profiler.start()
+            self.iteration, self._running = engine.state.iteration, True
+
+    def _stop(self, _: Engine) -> None:
+        if self._running:
+            self.profiler.stop()
+            self._running = False
+
+    def scopes(self) -> dict[str, dict[str, float]]:
+        """Total CPU seconds and calls of each ``autoreg::`` scope."""
+        events = {e.key: e for e in self.profiler.key_averages() if e.key.startswith("autoreg::")}
+        return {key: {"seconds": e.cpu_time_total / 1e6, "calls": e.count} for key, e in sorted(events.items())}
+
+
+def _workflow(bundle: str, config: str, run_id: str, overrides: dict[str, Any], profile: bool) -> dict[str, Any]:
+    """Run one workflow of ``bundle`` in this process (from the repository root), timing its epochs."""
     os.chdir(REPO_ROOT)
     folder = Path("bundles") / bundle / "configs"
     workflow = create_workflow(
@@ -62,52 +114,45 @@ def _workflow(bundle: str, config: str, run_id: str, overrides: dict[str, Any], 
         run_id=run_id,
         **overrides,
     )
-    result: dict[str, Any] = {}
+    handlers: list[Any] = [EpochTimer()] + ([IterationProfiler()] if profile else [])
+    if config == "search":  # the searcher builds one engine per stage and attaches its extra handlers to each
+        workflow.parser.get_parsed_content("searcher").handlers.extend(handlers)
+    else:  # the parser's cached trainer is the one the run expression starts
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        for handler in handlers:
+            handler.attach(trainer)
     start = time.perf_counter()
+    workflow.run()
+    result: dict[str, Any] = {
+        "seconds": time.perf_counter() - start,
+        "epoch_seconds": handlers[0].seconds,
+        "peak_rss_mib": peak_rss_mib(),
+    }
     if profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            workflow.run()
-        events = {e.key: e for e in prof.key_averages() if e.key.startswith("autoreg::")}
-        result["profile"] = {
-            key: {"seconds": event.cpu_time_total / 1e6, "calls": event.count} for key, event in sorted(events.items())
-        }
-    else:
-        workflow.run()
-    result["seconds"] = time.perf_counter() - start
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        result["profile"], result["profiled_iteration"] = handlers[1].scopes(), handlers[1].iteration
     workflow.finalize()
     return result
 
 
-def _child(arguments: tuple, queue: Any) -> None:
-    try:
-        queue.put(_workflow(*arguments))
-    except Exception as error:
-        queue.put({"error": f"{type(error).__name__}: {error}"})
-
-
-def run_isolated(bundle: str, config: str, run_id: str, overrides: dict[str, Any], profile: bool = False) -> dict:
-    """:func:`_workflow` in a fresh (spawned) process, so memory and caches are its own."""
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=((bundle, config, run_id, overrides, profile), queue))
-    process.start()
-    result = queue.get()
-    process.join()
+def run_workflow(bundle: str, config: str, run_id: str, overrides: dict[str, Any], profile: bool = False) -> dict:
+    """:func:`_workflow` in a fresh (forked) process, so memory and caches are its own."""
+    result = run_isolated(_workflow, bundle, config, run_id, overrides, profile)
     if "error" in result:
         raise SystemExit(f"{bundle} {config} ({run_id}) failed: {result['error']}")
     return result
 
 
-def _read_config(bundle: str, config: str) -> dict[str, Any]:
-    return json.loads((REPO_ROOT / "bundles" / bundle / "configs" / f"{config}.json").read_text())
+def _config_value(bundle: str, config: str, key: str) -> Any:
+    """The resolved value of ``key`` in a workflow config of ``bundle`` (its ``%`` references followed)."""
+    os.chdir(REPO_ROOT)  # the configs' % references are relative to the folder holding bundles/
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / f"{config}.json"))
+    return parser.get_parsed_content(key)
 
 
 def epoch_costs(bundle: str, overrides: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Part 1: one search epoch and one train-evaluation epoch, from runs of 1 and 2 epochs."""
-    from autoreg_monai.networks import Genotype
-
-    search_pairs = overrides.get("max_pairs", _read_config(bundle, "search")["max_pairs"])
+    """Part 1: the second epoch of a 2-epoch search (feature stage) and of a 2-epoch train-evaluation."""
+    search_pairs = overrides.get("max_pairs", _config_value(bundle, "search", "max_pairs"))
     genotype = work / "epoch_genotype.json"
     Genotype.paper_default().to_json(genotype)
     rows = {}
@@ -115,16 +160,18 @@ def epoch_costs(bundle: str, overrides: dict[str, Any], work: Path) -> dict[str,
         ("search", "search", "search_feature", {"warmup_epochs": 0, "patience": 1000}),
         ("train", "train", "train", {"genotype": str(genotype), "max_pairs": search_pairs, "val_interval": 1}),
     ):
-        runs = {}
-        for epochs in (1, 2):
-            settings = {**overrides, **extra, "max_epochs": epochs, "output_dir": str(work / f"{kind}_{epochs}")}
-            runs[epochs] = run_isolated(bundle, config, run_id, settings)
-            print(f"{kind}: {epochs} epoch(s) in {runs[epochs]['seconds']:.1f} s", flush=True)
+        settings = {**overrides, **extra, "max_epochs": 2, "output_dir": str(work / kind)}
+        run = run_workflow(bundle, config, run_id, settings)
+        if len(run["epoch_seconds"]) != 2:
+            raise SystemExit(f"{kind}: expected 2 timed epochs, got {len(run['epoch_seconds'])}")
         rows[kind] = {
-            "epoch_seconds": runs[2]["seconds"] - runs[1]["seconds"],
-            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs.values()),
+            "epoch_seconds": run["epoch_seconds"][1],
+            "first_epoch_seconds": run["epoch_seconds"][0],
+            "run_seconds": run["seconds"],
+            "peak_rss_mib": run["peak_rss_mib"],
             "pairs_per_epoch": search_pairs,
         }
+        print(f"{kind}: epochs of {', '.join(f'{t:.1f}' for t in run['epoch_seconds'])} s", flush=True)
     rows["ratio_search_to_train_epoch"] = rows["search"]["epoch_seconds"] / rows["train"]["epoch_seconds"]
     return rows
 
@@ -132,9 +179,9 @@ def epoch_costs(bundle: str, overrides: dict[str, Any], work: Path) -> dict[str,
 def whole_costs(bundle: str, overrides: dict[str, Any], work: Path) -> dict[str, Any]:
     """Part 2: the whole default search, then the whole default train-evaluation of what it found."""
     search_dir = work / "whole_search"
-    search = run_isolated(bundle, "search", "search", {**overrides, "output_dir": str(search_dir)})
+    search = run_workflow(bundle, "search", "search", {**overrides, "output_dir": str(search_dir)})
     print(f"whole search: {search['seconds']:.1f} s", flush=True)
-    train = run_isolated(
+    train = run_workflow(
         bundle,
         "train",
         "train",
@@ -149,9 +196,9 @@ def whole_costs(bundle: str, overrides: dict[str, Any], work: Path) -> dict[str,
 
 
 def search_profile(bundle: str, overrides: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Part 3: where one search epoch's time goes, by the search code's profiler scopes."""
+    """Part 3: where one search iteration's time goes, by the search code's profiler scopes."""
     settings = {**overrides, "max_epochs": 1, "warmup_epochs": 0, "patience": 1000, "output_dir": str(work / "prof")}
-    result = run_isolated(bundle, "search", "search_feature", settings, profile=True)
+    result = run_workflow(bundle, "search", "search_feature", settings, profile=True)
     scopes = result["profile"]
     step_total = sum(scopes.get(name, {}).get("seconds", 0.0) for name in PROFILE_SCOPES)
     parts = {
@@ -162,7 +209,7 @@ def search_profile(bundle: str, overrides: dict[str, Any], work: Path) -> dict[s
         }
         for name in (*PROFILE_SCOPES, "autoreg::mixed_op")
     }
-    return {"epoch_seconds_profiled": result["seconds"], "step_seconds": step_total, "parts": parts}
+    return {"iteration": result["profiled_iteration"], "step_seconds": step_total, "parts": parts}
 
 
 def tables(result: dict[str, Any]) -> str:
@@ -189,7 +236,11 @@ def tables(result: dict[str, Any]) -> str:
             f"| ratio search / train | {whole['ratio_search_to_train']:.2f} | |",
         ]
     profile = result["profile"]
-    lines += ["", "| search step part | seconds | calls | share of step |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"| search step part (iteration {profile['iteration']}) | seconds | calls | share of step |",
+        "|---|---|---|---|",
+    ]
     for name, part in profile["parts"].items():
         share = f"{part['share_of_step']:.1%}" if part["share_of_step"] is not None else "-"
         label = f"{name} (forward, inside the parts above)" if name == "mixed_op" else name

@@ -28,17 +28,71 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_inference_speed_writes_its_table_and_json(tmp_path):
     out = tmp_path / "speed.json"
     result = _run(
-        "inference_speed.py", "--sizes", "16x16x16", "--models", "autoreg,voxelmorph", "--repeats", "2",
-        "--warmup", "1", "--threads", "1", "--out", str(out),
+        "inference_speed.py", "--sizes", "16x16x16", "--models", "autoreg,autoreg_channels_last,voxelmorph",
+        "--repeats", "2", "--warmup", "1", "--threads", "1", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| model | size | median s | ratio to VoxelMorph |" in result.stdout
     report = json.loads(out.read_text())
     assert report["benchmark"] == "inference_speed" and report["machine"]["torch"]
     rows = {r["model"]: r for r in report["rows"]}
-    assert set(rows) == {"autoreg", "voxelmorph"}
+    assert set(rows) == {"autoreg", "autoreg_channels_last", "voxelmorph"}
     for row in rows.values():
         assert row["size"] == "16x16x16" and row["threads"] == 1 and len(row["times_s"]) == 2
         assert row["median_s"] > 0 and row["parameters"] > 0 and row["weights_mib"] > 0 and row["peak_rss_mib"] > 0
     assert rows["voxelmorph"]["ratio_to_voxelmorph"] == 1.0
     assert rows["autoreg"]["ratio_to_voxelmorph"] == rows["autoreg"]["median_s"] / rows["voxelmorph"]["median_s"]
+    assert rows["autoreg_channels_last"]["parameters"] == rows["autoreg"]["parameters"]
+
+
+def test_search_cost_reports_epochs_and_the_profile(tmp_path):
+    out = tmp_path / "cost.json"
+    small = ["spatial_size=[16,16,16]", "feature_channels=[4,8]", "search_feature_channels=[4,8]",
+             "search_deformation_channels=[8,8,4]", "max_pairs=2",
+             'demo_options={"num_training":2,"num_validation":1,"num_test":1,"size":32}']  # fmt: skip
+    result = _run("search_cost.py", "--skip_whole", *[x for o in small for x in ("--override", o)], "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| ratio search / train |" in result.stdout and "hessian_vector_product" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "search_cost" and report["machine"]["logical_cpus"] > 0 and "whole" not in report
+    for kind in ("search", "train"):
+        row = report["epochs"][kind]
+        assert row["peak_rss_mib"] > 0 and row["pairs_per_epoch"] == 2, kind
+        assert 0 < row["epoch_seconds"] < row["run_seconds"] and row["first_epoch_seconds"] > 0, kind
+    epochs = report["epochs"]
+    assert epochs["ratio_search_to_train_epoch"] == epochs["search"]["epoch_seconds"] / epochs["train"]["epoch_seconds"]
+    assert report["profile"]["iteration"] == 2  # the second of the epoch's two iterations
+    parts = report["profile"]["parts"]
+    for name in ("virtual_step", "upper_gradient", "hessian_vector_product", "weight_step"):
+        assert parts[name]["seconds"] > 0 and parts[name]["calls"] == 1, name
+    assert parts["mixed_op"]["seconds"] > 0 and parts["mixed_op"]["calls"] > 0
+    shares = [parts[n]["share_of_step"] for n in ("virtual_step", "upper_gradient", "hessian_vector_product")]
+    assert abs(sum(shares) + parts["weight_step"]["share_of_step"] - 1.0) < 1e-6
+
+
+def test_accuracy_scores_every_method_on_a_real_pair(sample_data, tmp_path):
+    ixi = sample_data / "ixi_dlmuse"
+    pair_sets = {
+        "ixi": {
+            "test": [{"image": str(next(ixi.glob("IXI013*_T1w_2mm.nii.gz"))),
+                      "label": str(next(ixi.glob("IXI013*_dlmuse_2mm.nii.gz")))}],
+            "atlas": {"image": str(next(ixi.glob("IXI012*_T1w_2mm.nii.gz"))),
+                      "label": str(next(ixi.glob("IXI012*_dlmuse_2mm.nii.gz")))},
+        }
+    }  # fmt: skip
+    (tmp_path / "pairs.json").write_text(json.dumps(pair_sets))
+    out = tmp_path / "accuracy.json"
+    result = _run(
+        "accuracy.py", "--datalist", str(tmp_path / "pairs.json"), "--epochs", "1", "--threads", "1",
+        "--demo_options", '{"num_training": 2, "num_validation": 1, "num_test": 1, "size": 32}', "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| pairs | method | mean Dice |" in result.stdout
+    report = json.loads(out.read_text())
+    methods = report["summary"]["ixi"]
+    assert set(methods) == {"identity", "demons", "bspline", "autoreg", "autoreg_retrained", "voxelmorph"}
+    for name, row in methods.items():
+        assert 0 < row["mean_dice"] <= 1 and row["seconds"] > 0 and row["folding_percent"] >= 0, name
+    assert report["pairs"][0]["labels"] > 100  # DLMUSE regions shared by the two real label maps
+    assert methods["identity"]["folding_percent"] == 0
+    assert set(report["training_seconds"]) == {"autoreg_retrained", "voxelmorph"}

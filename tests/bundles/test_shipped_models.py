@@ -160,7 +160,8 @@ def test_mind_bundle_recovers_a_known_deformation_across_contrasts(monkeypatch):
     label = torch.from_numpy(np.asarray(nib.load(atlas["label"]).dataobj).astype(np.int64))[None, None]
     _, ddf = random_diffeomorphism((32, 32, 32), magnitude=3.0, generator=torch.Generator().manual_seed(3))
     moving, moving_label = Warp(padding_mode="zeros")(t2, ddf), warp_label_map(label, ddf)
-    net = AutoRegNet(Genotype.from_json("bundles/brain_t1t2/models/genotype.json"))
+    channels_last = parser.get_parsed_content("network_def#channels_last")  # as the bundle trains it
+    net = AutoRegNet(Genotype.from_json("bundles/brain_t1t2/models/genotype.json"), channels_last=channels_last)
     weights = torch.tensor(net.genotype().loss_weights)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(120):

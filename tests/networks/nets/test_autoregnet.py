@@ -147,3 +147,28 @@ def test_search_state_dict_round_trip_restores_alpha_and_lambda():
     torch.testing.assert_close(clone.alpha_feature, net.alpha_feature)
     torch.testing.assert_close(clone.loss_weights, net.loss_weights)
     assert clone.genotype() == net.genotype()
+
+
+@pytest.mark.parametrize("spatial_dims", (2, 3))
+def test_channels_last_network_gives_the_same_field_and_state_dict(spatial_dims):
+    size = (24, 20, 28)[:spatial_dims]
+    torch.manual_seed(0)
+    moving, fixed = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
+    plain = AutoRegNet(Genotype.paper_default(), spatial_dims=spatial_dims).eval()
+    fast = AutoRegNet(Genotype.paper_default(), spatial_dims=spatial_dims, channels_last=True).eval()
+    for head in plain.velocity_heads:  # a field of a few voxels, not the near-zero one of a fresh network
+        torch.nn.init.normal_(head.weight, std=0.02)
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    assert set(fast.state_dict()) == set(plain.state_dict()) and fast.config == plain.config
+    memory_format = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    convs = [m for m in fast.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    conv = next(m for m in convs if m.kernel_size[0] > 1 and m.weight.shape[1] > 1)  # layouts differ
+    assert conv.weight.is_contiguous(memory_format=memory_format) and not conv.weight.is_contiguous()
+    with torch.no_grad():
+        field, pyramid = plain(moving, fixed)
+        fast_field, fast_pyramid = fast(moving, fixed)
+    assert fast_field.is_contiguous() and all(f.is_contiguous() for f in fast_pyramid)
+    assert field.abs().max() > 0.5
+    assert torch.allclose(fast_field, field, rtol=1e-4, atol=1e-5)
+    for a, b in zip(fast_pyramid, pyramid):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

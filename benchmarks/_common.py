@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import platform
+import queue as queues
 import resource
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -77,12 +78,20 @@ def run_isolated(
     10-20 s an interpreter takes to import torch and MONAI; the parent must not have run multi-threaded
     torch work before. ``"spawn"`` starts a clean interpreter (needed once CUDA may be initialised);
     ``function`` must then be importable by the child (a module-level function of the script). Returns
-    its result dict, or ``{"error": "<type>: <message>"}`` when it raised.
+    its result dict, or ``{"error": "<type>: <message>"}`` when it raised or died without a result (killed
+    for memory, for instance).
     """
     context = mp.get_context(start_method)
     queue = context.Queue()
     process = context.Process(target=_child, args=(function, arguments, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queues.Empty:
+            if not process.is_alive():
+                result = {"error": f"the process ended with exit code {process.exitcode} before reporting a result"}
+                break
     process.join()
     return result

@@ -75,8 +75,8 @@ class EpochTimer:
 
 class IterationProfiler:
     """torch.profiler over one search iteration: the second of the first epoch (the first warms the caches),
-    or the first when the epoch has one. One iteration records about 10^5 operator events; turning them into
-    the table takes torch.profiler a while, so the profile covers one iteration, not the epoch."""
+    or the first when the epoch has one. Turning a whole epoch's operator events into the table took
+    torch.profiler longer than the epoch itself, so the profile covers one iteration."""
 
     def __init__(self) -> None:
         self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,18 @@ def test_accuracy_scores_every_method_on_a_real_pair(sample_data, tmp_path):
     assert report["pairs"][0]["labels"] > 100  # DLMUSE regions shared by the two real label maps
     assert methods["identity"]["folding_percent"] == 0
     assert set(report["training_seconds"]) == {"autoreg_retrained", "voxelmorph"}
+
+
+def _exit_without_result() -> dict:
+    os._exit(3)
+
+
+def test_run_isolated_reports_a_child_that_died_instead_of_waiting_forever():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _common import run_isolated
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    message = "the process ended with exit code 3 before reporting a result"
+    assert run_isolated(_exit_without_result) == {"error": message}
+    assert run_isolated(dict, [("answer", 42)]) == {"answer": 42}

@@ -58,9 +58,9 @@ class AutoRegBase(nn.Module):
         feature_ops: per scale, the three operations of the feature cell; ``None``: searched.
         deformation_ops: per scale, the three operations of the deformation cell; ``None``: searched.
         channels_last: keep the weights and the activations channels-last (``torch.channels_last_3d`` in 3-D):
-            oneDNN's convolutions then skip their layout conversions, about 1.5x faster on CPU for the same
-            result (see benchmarks/inference_speed.py). Inputs are converted on entry and the outputs are
-            returned contiguous, so callers see no difference.
+            oneDNN's convolutions then skip their layout conversions, up to about 3x faster on CPU for the
+            same result, depending on the operations (docs/benchmarks.md). Inputs are converted on entry and
+            the outputs are returned contiguous, so callers see no difference.
     """
 
     def __init__(
@@ -121,13 +121,15 @@ class AutoRegBase(nn.Module):
         self.feature_warps = nn.ModuleList(Warp(mode="bilinear", padding_mode="border") for _ in range(num_scales - 1))
         self.compositions = nn.ModuleList(ComposeDDF() for _ in range(num_scales - 1))
         self.channels_last = bool(channels_last)
-        self._memory_format = (
-            (torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
-            if self.channels_last
-            else torch.contiguous_format
-        )
         if self.channels_last:
-            self.to(memory_format=self._memory_format)
+            self.to(memory_format=self.memory_format)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Layout of the weights and activations: channels-last when ``channels_last``, else contiguous."""
+        if not self.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last
 
     def _alphas(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Architecture logits of the feature and deformation cells (``None`` for fixed cells)."""
@@ -170,7 +172,7 @@ class AutoRegBase(nn.Module):
             return None if alpha is None else alpha[scale * EDGES_PER_CELL : (scale + 1) * EDGES_PER_CELL]
 
         moving_feats, fixed_feats = [], []
-        x_m, x_f = (image.contiguous(memory_format=self._memory_format) for image in (moving, fixed))
+        x_m, x_f = (image.contiguous(memory_format=self.memory_format) for image in (moving, fixed))
         for s in range(self.num_scales):
             x_m = self.moving_features[s](x_m, edge_alphas(alpha_feature, s))
             x_f = self.fixed_features[s](x_f, edge_alphas(alpha_feature, s))

@@ -16,14 +16,17 @@ so what passes here loads there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
+from tqdm import tqdm
 
-__all__ = ["check_label_map", "check_scan", "field_of_view_warning"]
+__all__ = ["check_datalist", "check_label_map", "check_scan", "field_of_view_warning"]
 
 
 def check_scan(path: str | Path, role: str = "image") -> MetaTensor:
@@ -118,3 +121,64 @@ def field_of_view_warning(fixed: MetaTensor, moving: MetaTensor, prealign: str) 
         f"the fixed and moving fields of view differ a lot (sizes up to {ratio:.1f}x apart, {shared:.0%} of the "
         f"smaller one shared); the network assumes affinely aligned scans of the same anatomy, and {hint}"
     )
+
+
+def _declared_labels(datalist: Mapping[str, Any], source: Path) -> set[int] | None:
+    """The label values a datalist declares in its optional ``"labels"`` object (MSD style), or ``None``."""
+    declared = datalist.get("labels")
+    if declared is None:
+        return None
+    try:
+        return {int(value) for value in declared}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: 'labels' must map label values to names, e.g. {{'1': 'grey matter'}}") from error
+
+
+def check_datalist(datalist: Mapping[str, Any], source: str | Path, progress: bool = True) -> None:
+    """Check every entry and file of a datalist (paths already absolute) before any work starts.
+
+    Each subject needs an image entry (a key starting with ``image``) and appears in one place only; every
+    image must pass :func:`check_scan` and every label map :func:`check_label_map` against its image, hold
+    no negative values and, when the datalist declares ``"labels"``, only declared ones.
+
+    Args:
+        datalist: the datalist, e.g. from :func:`autoreg_monai.data.load_datalist` without its file check.
+        source: the datalist file, named in the messages.
+        progress: show a progress bar on a terminal.
+
+    Raises:
+        ValueError: naming the file (and entry) and the problem.
+    """
+    source = Path(source)
+    declared = _declared_labels(datalist, source)
+    entries = [(f"{split}[{i}]", item) for split in ("training", "validation", "test") for i, item in
+               enumerate(datalist.get(split) or [])]  # fmt: skip
+    if datalist.get("atlas"):
+        entries.append(("atlas", datalist["atlas"]))
+    seen: dict[str, str] = {}
+    for where, item in entries:
+        if not any(k.startswith("image") for k in item):
+            raise ValueError(f"{source}: {where} has no image entry (its keys: {', '.join(item) or 'none'})")
+        for key, path in item.items():
+            first = seen.setdefault(str(path), f"{where}.{key}")
+            if first.split(".")[0] != where:  # one file under two keys of one subject (image = image_t1) is fine
+                raise ValueError(
+                    f"{source}: {path} is listed twice ({first} and {where}.{key}); a subject belongs to one split only"
+                )
+    files = [(where, k, path, item) for where, item in entries for k, path in item.items() if k.startswith("image")]
+    bar = tqdm(files, desc="checking the datalist's scans", unit="scan", disable=None if progress else True)
+    for where, key, path, item in bar:
+        image = check_scan(path, f"image of {where}")
+        label_key = "label" + key[len("image") :]
+        if label_key not in item:
+            continue
+        label = check_label_map(item[label_key], image, path)
+        values = {int(v) for v in torch.unique(label.as_tensor()).tolist()}
+        if min(values) < 0:
+            raise ValueError(f"{item[label_key]}: the label map of {where} holds negative values ({min(values)})")
+        if declared is not None and values - declared - {0}:
+            unknown = sorted(values - declared - {0})
+            raise ValueError(
+                f"{item[label_key]}: the label map of {where} holds label(s) {unknown[:10]} that {source.name} "
+                f"does not declare in 'labels' ({sorted(declared)[:10]})"
+            )

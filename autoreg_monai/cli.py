@@ -34,6 +34,7 @@ from monai.utils import set_determinism
 from tqdm import tqdm
 
 from autoreg_monai.bundle_runner import find_bundle, run_workflow
+from autoreg_monai.bundle_safety import check_bundle
 from autoreg_monai.checkpoint import save_model
 from autoreg_monai.checks import check_label_map, check_scan, field_of_view_warning
 from autoreg_monai.data.folder import datalist_from_folder, write_datalist
@@ -45,6 +46,7 @@ from autoreg_monai.networks.genotype import Genotype, loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegNet
 from autoreg_monai.packaging import fetch_bundle, package_bundle
 from autoreg_monai.prealign import PREALIGN_MODES
+from autoreg_monai.resources import check_memory
 from autoreg_monai.search.searcher import format_genotype
 
 __all__ = ["datalist", "demo", "evaluate", "fetch", "info", "main", "package", "register", "search", "train"]
@@ -64,6 +66,7 @@ def register(
     device: str = "cpu",
     prealign: str = "affine",
     quiet: bool = False,
+    trust_bundle: bool = False,
 ) -> dict[str, Any]:
     """Register a moving scan to a fixed scan with a bundle's trained network.
 
@@ -80,6 +83,8 @@ def register(
         device: ``cpu`` or ``cuda``.
         prealign: ``affine`` (default), ``rigid`` or ``none`` (scans already affinely aligned).
         quiet: print nothing but errors.
+        trust_bundle: run a bundle whose configs use code outside the allowed packages (autoreg_monai, monai,
+            torch); without it such a bundle is refused before anything of it runs (docs/security.md).
 
     Example::
 
@@ -92,10 +97,22 @@ def register(
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
     folder = find_bundle(bundle, require_weights=True)
+    check_bundle(folder, trust=trust_bundle)
     _say(quiet, f"[1/3] checking the scans ({Path(moving).name} -> {Path(fixed).name})")
     fixed_image, moving_image = check_scan(fixed, "fixed image"), check_scan(moving, "moving image")
     if moving_label is not None:
         check_label_map(moving_label, moving_image, moving)
+    common = json.loads((folder / "configs" / "common.json").read_text())
+    if all(isinstance(common.get(k), list) for k in ("spatial_size", "feature_channels", "deformation_channels")):
+        check_memory(
+            f"registering {Path(moving).name} to {Path(fixed).name}",
+            "inference",
+            common["spatial_size"],
+            common["feature_channels"],
+            common["deformation_channels"],
+            device,
+            fixed_shape=tuple(fixed_image.shape),
+        )
     warning = field_of_view_warning(fixed_image, moving_image, prealign)
     if warning:
         print(f"autoreg: warning: {warning}", file=sys.stderr, flush=True)
@@ -176,8 +193,11 @@ def datalist(
     }
 
 
-def _bundle_workflow(workflow: str, bundle: str, dataset_dir: str | None, quiet: bool, overrides: dict) -> None:
+def _bundle_workflow(
+    workflow: str, bundle: str, dataset_dir: str | None, quiet: bool, trust_bundle: bool, overrides: dict
+) -> None:
     folder = find_bundle(bundle)
+    check_bundle(folder, trust=trust_bundle)
     if dataset_dir is not None:
         path = Path(dataset_dir)
         if not (path / "datalist.json").is_file() and not path.is_file():
@@ -190,26 +210,33 @@ def _bundle_workflow(workflow: str, bundle: str, dataset_dir: str | None, quiet:
     run_workflow(folder, workflow, quiet=quiet, **overrides)
 
 
-def search(bundle: str, dataset_dir: str | None = None, quiet: bool = False, **overrides: Any) -> None:
+def search(
+    bundle: str, dataset_dir: str | None = None, quiet: bool = False, trust_bundle: bool = False, **overrides: Any
+) -> None:
     """Search the architecture and loss weights of a bundle on a dataset (its ``search`` workflow).
 
     Any other ``--key value`` is a bundle config override, e.g. ``--max_epochs 45 --device cuda``.
+    ``--trust_bundle`` runs a bundle whose configs use code outside the allowed packages (see ``register``).
 
     Example::
 
         autoreg search --bundle bundles/brain_t1 --dataset_dir study/ --max_epochs 45
     """
-    _bundle_workflow("search", bundle, dataset_dir, quiet, overrides)
+    _bundle_workflow("search", bundle, dataset_dir, quiet, trust_bundle, overrides)
 
 
-def train(bundle: str, dataset_dir: str | None = None, quiet: bool = False, **overrides: Any) -> None:
+def train(
+    bundle: str, dataset_dir: str | None = None, quiet: bool = False, trust_bundle: bool = False, **overrides: Any
+) -> None:
     """Train the searched network of a bundle from scratch (its ``train`` workflow); overrides as for search."""
-    _bundle_workflow("train", bundle, dataset_dir, quiet, overrides)
+    _bundle_workflow("train", bundle, dataset_dir, quiet, trust_bundle, overrides)
 
 
-def evaluate(bundle: str, dataset_dir: str | None = None, quiet: bool = False, **overrides: Any) -> None:
+def evaluate(
+    bundle: str, dataset_dir: str | None = None, quiet: bool = False, trust_bundle: bool = False, **overrides: Any
+) -> None:
     """Score a bundle's trained network on the test pairs (its ``evaluate`` workflow); overrides as for search."""
-    _bundle_workflow("evaluate", bundle, dataset_dir, quiet, overrides)
+    _bundle_workflow("evaluate", bundle, dataset_dir, quiet, trust_bundle, overrides)
 
 
 def package(bundle: str, out: str, quiet: bool = False) -> dict[str, str]:
@@ -398,6 +425,24 @@ COMMANDS = {
 """The commands of ``autoreg``."""
 
 
+_USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, KeyError)
+
+
+def _user_message(error: BaseException) -> str:
+    """The message of the innermost user error behind ``error``.
+
+    MONAI's config parser wraps what a component raises in ``RuntimeError("Failed to instantiate ...")``;
+    the cause (e.g. our ``ValueError`` naming a file) is what the user can act on.
+    """
+    while (
+        isinstance(error, RuntimeError)
+        and str(error).startswith("Failed to instantiate")
+        and isinstance(error.__cause__, _USER_ERRORS)
+    ):
+        error = error.__cause__
+    return str(error).strip() or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``autoreg`` console script; ``--debug`` anywhere shows tracebacks."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -410,11 +455,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)  # an optional GPU decoder
     try:
         fire.Fire(COMMANDS, command=args, name="autoreg", serialize=lambda value: None)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
+    except _USER_ERRORS as error:
         if debug:
             raise
-        message = str(error).strip() or type(error).__name__
-        print(f"autoreg: error: {message}", file=sys.stderr)
+        print(f"autoreg: error: {_user_message(error)}", file=sys.stderr)
         sys.exit(1)
     except Exception as error:  # a bug, not a user error: say so, and how to see where
         if debug:

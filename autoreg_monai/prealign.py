@@ -121,7 +121,7 @@ def _register(
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(sampling, seed)
+    method.SetMetricSamplingPercentage(sampling, seed + 1)  # SimpleITK reads seed 0 as sitkWallClock (random)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, relaxationFactor=0.5

@@ -21,7 +21,10 @@ grid), so the numbers say what the deformable step adds. Methods:
 - ``autoreg``: the bundle's shipped network (``models/genotype.json`` + ``models/model.pt``);
 - ``autoreg_retrained`` and ``voxelmorph``: the bundle's genotype and MONAI's default ``VoxelMorph``, each
   trained here from scratch on the bundle's training pairs with the same loss (the genotype's λ-weighted
-  multi-scale LNCC + diffusion), optimiser, epochs and data (``--epochs``).
+  multi-scale LNCC + diffusion), optimiser, epochs and data (``--epochs``);
+- optional peers, run by default when installed (``pip install -e ".[bench]"``): ``ants_syn``, ANTs SyN
+  (antspyx; deformable only, cross-correlation of radius 2, 3 levels of 40/20/10 iterations) and
+  ``elastix_bspline``, elastix's default B-spline map (itk-elastix; 4 levels, Mattes MI, a node every 8 voxels).
 
 Per method: mean Dice over the labels both label maps hold, % folded voxels (det J <= 0), HD95 (voxels of
 the working grid) and seconds per pair (registration only).
@@ -29,11 +32,13 @@ the working grid) and seconds per pair (registration only).
     python benchmarks/accuracy.py                   # the real pairs of ../shared/data, 10 epochs (~15 min, 2 cores)
     python benchmarks/accuracy.py --epochs 60 --spatial_size 64
     python benchmarks/accuracy.py --methods identity,demons --epochs 1 --out /tmp/accuracy.json
+    python benchmarks/accuracy.py --methods identity,ants_syn,elastix_bspline --epochs 1   # the optional peers
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -60,6 +65,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("AUTOREG_SAMPLE_DATA", REPO_ROOT.parent / "shared" / "data"))
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy.json"
 METHODS = ("identity", "demons", "bspline", "autoreg", "autoreg_retrained", "voxelmorph")
+OPTIONAL_METHODS = {"ants_syn": "ants", "elastix_bspline": "itk"}  # method -> the module it needs (extra `bench`)
+
+
+def installed_optional_methods() -> list[str]:
+    """The optional peers whose package is importable here."""
+    return [name for name, module in OPTIONAL_METHODS.items() if importlib.util.find_spec(module) is not None]
 
 
 def default_pair_sets(data: Path) -> dict[str, dict[str, Any]]:
@@ -112,10 +123,14 @@ def _sitk(volume: torch.Tensor) -> sitk.Image:
     return sitk.GetImageFromArray(volume[0, 0].detach().cpu().numpy().astype(np.float32))
 
 
+def _xyz_field_to_ddf(array: np.ndarray) -> torch.Tensor:
+    """An ITK-ordered field ``(D, H, W, 3)``, components along x=W, y=H, z=D -> MONAI ddf ``(1, 3, D, H, W)``."""
+    return torch.from_numpy(np.ascontiguousarray(array[..., ::-1].transpose(3, 0, 1, 2))).float()[None]
+
+
 def _field_to_ddf(field: sitk.Image) -> torch.Tensor:
     """A SimpleITK displacement field (x, y, z components, spacing 1) -> MONAI ddf ``(1, 3, D, H, W)``, voxels."""
-    array = sitk.GetArrayFromImage(field)  # (D, H, W, 3), components along x=W, y=H, z=D
-    return torch.from_numpy(np.ascontiguousarray(array[..., ::-1].transpose(3, 0, 1, 2))).float()[None]
+    return _xyz_field_to_ddf(sitk.GetArrayFromImage(field))
 
 
 def _smooth_shrink(image: sitk.Image, sigma: float, shrink: int) -> sitk.Image:
@@ -150,7 +165,7 @@ def bspline(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.25, seed=0)
+    method.SetMetricSamplingPercentage(0.25, seed=1)  # a fixed seed: SimpleITK reads 0 as "wall clock"
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsGradientDescentLineSearch(
         learningRate=5.0, numberOfIterations=50, convergenceMinimumValue=1e-4, convergenceWindowSize=5
@@ -169,6 +184,50 @@ def bspline(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         fixed_image.GetDirection(),
     )
     return _field_to_ddf(field)
+
+
+def ants_syn(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """ANTs SyN (antspyx), deformable only: CC of radius 2 (dense, no sampling), shrink 4/2/1, 40/20/10 iterations."""
+    import ants
+
+    # ants.from_numpy keeps the array's axis order as x, y, z: the field's components follow D, H, W directly
+    fixed_image = ants.from_numpy(fixed[0, 0].detach().cpu().numpy().astype(np.float32))
+    moving_image = ants.from_numpy(moving[0, 0].detach().cpu().numpy().astype(np.float32))
+    with tempfile.TemporaryDirectory(prefix="ants_syn_") as folder:
+        result = ants.registration(
+            fixed_image,
+            moving_image,
+            type_of_transform="SyNOnly",
+            syn_metric="CC",
+            syn_sampling=2,
+            reg_iterations=(40, 20, 10),
+            outprefix=os.path.join(folder, "syn_"),
+        )
+        composed = ants.apply_transforms(
+            fixed_image, moving_image, result["fwdtransforms"], compose=os.path.join(folder, "composed_")
+        )
+        field = ants.image_read(composed).numpy()  # (D, H, W, 3), components along D, H, W
+    return torch.from_numpy(np.ascontiguousarray(field.transpose(3, 0, 1, 2))).float()[None]
+
+
+def elastix_bspline(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """elastix (itk-elastix) with its default B-spline parameter map, 4 resolutions; the field from transformix."""
+    import itk
+
+    fixed_image = itk.GetImageFromArray(fixed[0, 0].detach().cpu().numpy().astype(np.float32))
+    moving_image = itk.GetImageFromArray(moving[0, 0].detach().cpu().numpy().astype(np.float32))
+    parameters = itk.ParameterObject.New()
+    bspline_map = parameters.GetDefaultParameterMap("bspline", 4, 8.0)
+    bspline_map["RandomSeed"] = ["0"]
+    bspline_map["WriteResultImage"] = ["false"]
+    parameters.AddParameterMap(bspline_map)
+    with tempfile.TemporaryDirectory(prefix="elastix_") as folder:  # transformix writes its field file there
+        _, transform = itk.elastix_registration_method(
+            fixed_image, moving_image, parameter_object=parameters, log_to_console=False, output_directory=folder
+        )
+        field = itk.transformix_deformation_field(moving_image, transform, output_directory=folder)
+        array = np.asarray(itk.GetArrayFromImage(field)).copy()
+    return _xyz_field_to_ddf(array)
 
 
 def _pyramid(ddf: torch.Tensor, num_scales: int) -> tuple[torch.Tensor, ...]:
@@ -228,6 +287,10 @@ def build_methods(bundle: str, overrides: dict[str, Any], names: list[str], epoc
         methods["demons"] = demons
     if "bspline" in names:
         methods["bspline"] = bspline
+    if "ants_syn" in names:
+        methods["ants_syn"] = ants_syn
+    if "elastix_bspline" in names:
+        methods["elastix_bspline"] = elastix_bspline
     if "autoreg" in names:
         shipped = AutoRegNet(genotype, **channels)
         model_file = REPO_ROOT / "bundles" / bundle / "models" / "model.pt"
@@ -291,7 +354,11 @@ def table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="brain_t1", help="a bundle under bundles/ (genotype, model, data)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS + tuple(installed_optional_methods())),
+        help=f"comma-separated, of {', '.join(METHODS + tuple(OPTIONAL_METHODS))} (default: all installed)",
+    )
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of autoreg_retrained and voxelmorph")
     parser.add_argument("--spatial_size", type=int, default=None, help="working grid side (default: the bundle's)")
     parser.add_argument("--datalist", help="a JSON file of pair sets {name: {test: [...], atlas: {...}}}")
@@ -300,9 +367,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file written")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.methods.split(",")]
-    unknown = sorted(set(names) - set(METHODS))
+    unknown = sorted(set(names) - set(METHODS) - set(OPTIONAL_METHODS))
     if unknown:
-        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; use {', '.join(METHODS)}")
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; use {', '.join(METHODS + tuple(OPTIONAL_METHODS))}")
+    missing = sorted(set(names) & set(OPTIONAL_METHODS) - set(installed_optional_methods()))
+    if missing:
+        raise SystemExit(
+            f'--methods: {", ".join(missing)} not installed: pip install -e ".[bench]" (antspyx, itk-elastix)'
+        )
     torch.set_num_threads(args.threads)
     pair_sets = json.loads(Path(args.datalist).read_text()) if args.datalist else default_pair_sets(DATA)
     overrides: dict[str, Any] = {"device": "cpu"}

@@ -11,13 +11,19 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+OPTIONAL_PEERS = {"ants_syn": "ants", "elastix_bspline": "itk"}  # accuracy.py's optional methods (extra `bench`)
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -91,7 +97,8 @@ def test_accuracy_scores_every_method_on_a_real_pair(sample_data, tmp_path):
     assert "| pairs | method | mean Dice |" in result.stdout
     report = json.loads(out.read_text())
     methods = report["summary"]["ixi"]
-    assert set(methods) == {"identity", "demons", "bspline", "autoreg", "autoreg_retrained", "voxelmorph"}
+    installed = {name for name, module in OPTIONAL_PEERS.items() if importlib.util.find_spec(module) is not None}
+    assert set(methods) == {"identity", "demons", "bspline", "autoreg", "autoreg_retrained", "voxelmorph"} | installed
     for name, row in methods.items():
         assert 0 < row["mean_dice"] <= 1 and row["seconds"] > 0 and row["folding_percent"] >= 0, name
     assert report["pairs"][0]["labels"] > 100  # DLMUSE regions shared by the two real label maps
@@ -99,16 +106,40 @@ def test_accuracy_scores_every_method_on_a_real_pair(sample_data, tmp_path):
     assert set(report["training_seconds"]) == {"autoreg_retrained", "voxelmorph"}
 
 
+def _benchmark_module(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _blob(centre: list[float]) -> torch.Tensor:
+    """An anisotropic Gaussian blob ``(1, 1, 32, 32, 32)`` around ``centre`` (voxels, tensor axis order)."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(32.0)] * 3, indexing="ij"))
+    widths = torch.tensor([36.0, 16.0, 25.0]).view(3, 1, 1, 1)
+    return torch.exp(-((grid - torch.tensor(centre).view(3, 1, 1, 1)) ** 2 / widths).sum(0))[None, None]
+
+
+@pytest.mark.parametrize("method", ["demons", "bspline", "ants_syn", "elastix_bspline"])
+def test_classical_peers_return_the_field_in_monai_axis_order(method):
+    """Each peer's field, converted from its toolkit's x, y, z order, recovers a known shift of the moving blob."""
+    if method in OPTIONAL_PEERS:
+        pytest.importorskip(OPTIONAL_PEERS[method], reason=f'{method} needs pip install -e ".[bench]"')
+    accuracy = _benchmark_module("accuracy")
+    fixed, moving = _blob([15.0, 16.0, 17.0]), _blob([18.0, 15.0, 17.0])  # moving = fixed moved by (+3, -1, 0)
+    ddf = getattr(accuracy, method)(moving, fixed)
+    assert ddf.shape == (1, 3, 32, 32, 32)
+    centre = ddf[0, :, 13:18, 14:19, 15:20].mean(dim=(1, 2, 3))  # warped(p) = moving(p + ddf(p)) = fixed(p)
+    assert torch.allclose(centre, torch.tensor([3.0, -1.0, 0.0]), atol=0.25), centre.tolist()
+
+
 def _exit_without_result() -> dict:
     os._exit(3)
 
 
 def test_run_isolated_reports_a_child_that_died_instead_of_waiting_forever():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from _common import run_isolated
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    run_isolated = _benchmark_module("_common").run_isolated
     message = "the process ended with exit code 3 before reporting a result"
     assert run_isolated(_exit_without_result) == {"error": message}
     assert run_isolated(dict, [("answer", 42)]) == {"answer": 42}

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from monai.networks.blocks import Warp
 
+from autoreg_monai.checks import check_datalist
 from autoreg_monai.data.datalist import load_datalist, make_pairs
 from autoreg_monai.data.knee import KNEE_LABELS, knee_label_map, knee_tissue_map, render_knee
 from autoreg_monai.data.phantom import random_diffeomorphism, smooth_random_field, warp_label_map
@@ -253,10 +254,17 @@ def scenario_datalist(
         dataset_dir: a folder holding ``datalist.json`` (or the JSON file itself); ``None``: the demo set.
         scenario: demo scenario, a key of :data:`DEMO_SCENARIOS`.
         demo_options: keyword arguments of :func:`demo_datalist` (subject counts, size, seed).
+
+    Raises:
+        ValueError: naming the file, for a user datalist whose entries or files fail
+            :func:`~autoreg_monai.checks.check_datalist` (checked before any work starts).
     """
     if dataset_dir is None or str(dataset_dir) == "":
         return demo_datalist(scenario, **dict(demo_options or {}))
-    return load_datalist(dataset_dir)
+    datalist = load_datalist(dataset_dir)
+    source = Path(dataset_dir) / "datalist.json" if Path(dataset_dir).is_dir() else Path(dataset_dir)
+    check_datalist(datalist, source)
+    return datalist
 
 
 def inference_pairs(

@@ -11,7 +11,15 @@
 
 from __future__ import annotations
 
-from .checkpoint import ResumableCheckpoint, latest_checkpoint, prune_checkpoints
+from .checkpoint import (
+    AtomicDiskSaver,
+    RandomStates,
+    ResumableCheckpoint,
+    checkpoint_problem,
+    latest_checkpoint,
+    prune_checkpoints,
+    resume_mode,
+)
 from .inference import RegistrationInferStep, map_to_fixed_grid
 from .report import METRIC_COLUMNS, RegistrationReport, pair_file_stem
 from .steps import RegistrationEvalStep, RegistrationTrainStep
@@ -23,6 +31,10 @@ __all__ = [
     "RegistrationReport",
     "RegistrationTrainStep",
     "ResumableCheckpoint",
+    "AtomicDiskSaver",
+    "RandomStates",
+    "checkpoint_problem",
+    "resume_mode",
     "latest_checkpoint",
     "map_to_fixed_grid",
     "pair_file_stem",

@@ -7,24 +7,106 @@
 # distributed under the License is distributed on an "AS IS" BASIS,
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
-"""Epoch checkpoints of a whole training run (weights, optimiser, engine state), and resuming from them."""
+"""Epoch checkpoints of a whole run (weights, optimisers, engine, random generators), and resuming from them.
+
+A checkpoint is written to a temporary file, flushed to disk (``fsync``) and renamed, so a crash at any
+moment leaves the previous checkpoints intact; resuming takes the newest one that loads and skips (with a
+warning) one that does not, e.g. a file truncated by a full disk. With the random generators restored, a
+resumed run draws the same shuffles as an uninterrupted one and ends with the same result.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader
 
-__all__ = ["ResumableCheckpoint", "latest_checkpoint", "prune_checkpoints"]
+from autoreg_monai.io import atomic_write
+
+__all__ = [
+    "AtomicDiskSaver",
+    "RandomStates",
+    "ResumableCheckpoint",
+    "checkpoint_problem",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "remove_temporary_files",
+    "resume_mode",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def resume_mode(resume: bool | str) -> bool:
+    """``resume`` of a config or the command line as a flag: ``True``/``"auto"``/``"true"`` resume, else not.
+
+    Raises:
+        ValueError: for any other string.
+    """
+    if isinstance(resume, str):
+        if resume.lower() not in ("auto", "true", "false", "no", "yes"):
+            raise ValueError(f"resume must be auto, true or false, got {resume!r}")
+        return resume.lower() in ("auto", "true", "yes")
+    return bool(resume)
+
+
+class AtomicDiskSaver(BaseSaveHandler):
+    """ignite save handler writing ``torch.save`` output through :func:`~autoreg_monai.io.atomic_write`.
+
+    Unlike ignite's ``DiskSaver(atomic=True)``, the data is ``fsync``-ed before the rename, so that a power
+    loss cannot leave a complete-looking name pointing to unwritten blocks.
+
+    Args:
+        dirname: folder of the checkpoints (created if missing).
+    """
+
+    def __init__(self, dirname: str | Path) -> None:
+        self.dirname = Path(dirname)
+        self.dirname.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        with atomic_write(self.dirname / filename, "wb") as handle:
+            torch.save(checkpoint, handle)
+
+    def remove(self, filename: str) -> None:
+        (self.dirname / filename).unlink(missing_ok=True)
+
+
+class RandomStates:
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) random generators, saved in a checkpoint.
+
+    Saved at the end of an epoch and restored on resume, so the next epoch's shuffle is the one an
+    uninterrupted run would have drawn. Stored as tensors and lists only (loadable with ``weights_only``).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, position, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        name, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 def _epoch_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -36,10 +118,34 @@ def _epoch_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     )
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be resumed from (truncated, not a checkpoint...), or ``None`` when it loads."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # RuntimeError (zip reader), EOFError, UnpicklingError...
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    if not isinstance(state, dict) or "trainer" not in state:
+        return "no engine state in it"
+    return None
+
+
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The ``checkpoint_<epoch>.pt`` of ``folder`` with the largest epoch, or ``None``."""
-    found = _epoch_checkpoints(folder)
-    return found[-1][1] if found else None
+    """The newest ``checkpoint_<epoch>.pt`` of ``folder`` that loads, or ``None``.
+
+    Newer ones that do not load (e.g. truncated) are skipped with a warning naming the file and the problem.
+    """
+    for _, path in reversed(_epoch_checkpoints(folder)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning(f"skipping the damaged checkpoint {path} ({problem}); resuming from an older one")
+    return None
+
+
+def remove_temporary_files(folder: str | Path) -> None:
+    """Delete the temporary files of checkpoint writes a crash interrupted (``.checkpoint_<epoch>.pt.*.tmp``)."""
+    for path in Path(folder).glob(".checkpoint_*.pt.*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def prune_checkpoints(folder: str | Path, n_saved: int) -> None:
@@ -60,8 +166,8 @@ class ResumableCheckpoint:
         save_dir: folder of ``checkpoint_<epoch>.pt`` (written atomically).
         save_dict: objects with ``state_dict``/``load_state_dict``, e.g. ``{"network": net, "optimizer": opt}``.
         n_saved: how many epoch checkpoints to keep.
-        resume: load the newest checkpoint of ``save_dir`` (if any) when the engine starts; without it,
-            checkpoints of an earlier run in ``save_dir`` are removed when the engine starts.
+        resume: ``True`` or ``"auto"``: load the newest checkpoint of ``save_dir`` that loads (if any) when the
+            engine starts; ``False``: checkpoints of an earlier run in ``save_dir`` are removed when it starts.
         map_location: device the loaded tensors go to.
     """
 
@@ -70,27 +176,28 @@ class ResumableCheckpoint:
         save_dir: str | Path,
         save_dict: Mapping[str, Any],
         n_saved: int = 2,
-        resume: bool = False,
+        resume: bool | str = False,
         map_location: str | torch.device | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.save_dict = dict(save_dict)
         self.n_saved = n_saved
-        self.resume = resume
+        self.resume = resume_mode(resume)
         self.map_location = map_location
 
     def attach(self, engine: Engine) -> None:
-        state = {**self.save_dict, "trainer": engine}
+        state = {**self.save_dict, "random_states": RandomStates(), "trainer": engine}
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporary_files(self.save_dir)
         latest = latest_checkpoint(self.save_dir) if self.resume else None
         if latest is not None:
             CheckpointLoader(load_path=str(latest), load_dict=state, map_location=self.map_location).attach(engine)
             logger.info(f"resuming from {latest}")
         elif not self.resume:
             engine.add_event_handler(Events.STARTED, self.clear)
-        self.save_dir.mkdir(parents=True, exist_ok=True)
         saver = Checkpoint(  # keeps every file; ``prune`` removes old ones, including those of a resumed run
             state,
-            DiskSaver(str(self.save_dir), require_empty=False, atomic=True),
+            AtomicDiskSaver(self.save_dir),
             filename_prefix="",
             n_saved=None,
             global_step_transform=lambda e, _: e.state.epoch,

@@ -30,6 +30,7 @@ from torch.nn.modules.loss import _Loss
 from autoreg_monai.losses.label_dice import one_hot_labels
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.metrics import warp_labels
+from autoreg_monai.numerical_guard import NumericalGuard, pair_names
 from autoreg_monai.search.trainer import prepare_pair
 
 __all__ = ["RegistrationEvalStep", "RegistrationTrainStep"]
@@ -48,6 +49,8 @@ class RegistrationTrainStep:
             training; the paper trains without it).
         label_weight: weight of ``label_loss``.
         max_grad_norm: clip the gradient norm of ω to this value (``None``: no clipping).
+        max_bad_steps: consecutive iterations with a non-finite loss or gradient that stop the training with
+            :class:`~autoreg_monai.numerical_guard.NumericalFaultError`; fewer are skipped with a warning.
 
     The engine output is, as for a decollated MONAI trainer, one dictionary per pair of the batch, each
     ``{"loss": L, "similarity": L_sim at full resolution, "regularization": L_smooth}`` (floats of the
@@ -62,6 +65,7 @@ class RegistrationTrainStep:
         label_loss: _Loss | None = None,
         label_weight: float = 0.0,
         max_grad_norm: float | None = None,
+        max_bad_steps: int = 5,
     ) -> None:
         weights = torch.as_tensor(loss_weights, dtype=torch.float32).detach()
         if weights.shape != (registration_loss.num_terms,):
@@ -76,6 +80,7 @@ class RegistrationTrainStep:
         self.label_loss = label_loss
         self.label_weight = float(label_weight)
         self.max_grad_norm = max_grad_norm
+        self.guard = NumericalGuard("training", max_bad_steps)
 
     def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> Any:
         pair = prepare_pair(batchdata, engine.state.device, engine.non_blocking)
@@ -93,9 +98,14 @@ class RegistrationTrainStep:
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_grad_norm)
-        engine.optimizer.step()
+        named = [("loss", loss), *((f"gradient of {n}", p.grad) for n, p in engine.network.named_parameters())]
+        if self.guard.passed(engine, "weight step", pair_names(batchdata), named):
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_grad_norm)
+            engine.optimizer.step()
+        else:
+            engine.optimizer.zero_grad(set_to_none=True)
+        self.guard.end_iteration()
         values = {"loss": loss.item(), "similarity": terms[0].item(), "regularization": terms[1].item()}
         output = [dict(values) for _ in range(moving.shape[0])]
         engine.state.output = output

@@ -67,9 +67,16 @@ class RankingStabilityStopper:
         self.start_epoch = start_epoch
         self.last_ranking: list[list[int]] | None = None
         self.stable_epochs = 0
+        self.stopped = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.STARTED, self._stop_if_stopped)  # after a checkpoint loader attached earlier
+
+    def _stop_if_stopped(self, engine: Engine) -> None:
+        """A run resumed from the checkpoint of the epoch that ended the stage ends at once, like the original."""
+        if self.stopped:
+            engine.terminate()
 
     def __call__(self, engine: Engine) -> None:
         if engine.state.epoch <= self.start_epoch:
@@ -79,14 +86,16 @@ class RankingStabilityStopper:
         self.last_ranking = ranking
         if self.stable_epochs >= self.patience:
             logger.info(f"ranking unchanged for {self.stable_epochs} epochs: stopping at epoch {engine.state.epoch}")
+            self.stopped = True
             engine.terminate()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_ranking": self.last_ranking, "stable_epochs": self.stable_epochs}
+        return {"last_ranking": self.last_ranking, "stable_epochs": self.stable_epochs, "stopped": self.stopped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_ranking = state["last_ranking"]
         self.stable_epochs = int(state["stable_epochs"])
+        self.stopped = bool(state.get("stopped", False))
 
 
 class SearchRecorder:

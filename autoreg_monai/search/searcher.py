@@ -35,15 +35,23 @@ from typing import Any
 import torch
 from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader, StatsHandler, TensorBoardStatsHandler
 from monai.utils import set_determinism
 from torch.nn.modules.loss import _Loss
 
-from autoreg_monai.engines.checkpoint import latest_checkpoint, prune_checkpoints
+from autoreg_monai.engines.checkpoint import (
+    AtomicDiskSaver,
+    RandomStates,
+    latest_checkpoint,
+    prune_checkpoints,
+    remove_temporary_files,
+    resume_mode,
+)
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.networks.genotype import Genotype, loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
+from autoreg_monai.resources import check_memory
 from autoreg_monai.search.handlers import RankingStabilityStopper, SearchRecorder, StageExporter
 from autoreg_monai.search.trainer import AutoRegSearchTrainer, SearchStage, stage_variables
 
@@ -52,6 +60,16 @@ __all__ = ["AutoRegSearch", "format_genotype"]
 logger = logging.getLogger(__name__)
 
 _PREVIOUS = {SearchStage.DEFORMATION: SearchStage.FEATURE, SearchStage.OBJECTIVE: SearchStage.DEFORMATION}
+
+
+def _spatial_size(loader: Iterable) -> tuple[int, ...] | None:
+    """The working grid of a loader's first pair, read from its dataset (no iteration: no shuffle drawn)."""
+    source = getattr(loader, "dataset", loader)
+    try:
+        image = source[0]["moving_image"]  # type: ignore[index]
+    except (TypeError, KeyError, IndexError):
+        return None
+    return tuple(int(s) for s in image.shape[-3:])
 
 
 def format_genotype(genotype: Genotype) -> str:
@@ -88,12 +106,14 @@ class AutoRegSearch:
         fd_radius: finite-difference radius ``r``.
         genotype: a genotype (file, dict or :class:`Genotype`) to start later stages from, instead of the
             previous stage's output; required to run ``deformation``/``objective`` on their own without it.
-        resume: continue each unfinished stage from its newest checkpoint, and skip finished stages.
+        resume: ``True`` or ``"auto"``: continue each unfinished stage from its newest checkpoint that loads
+            (a damaged one is skipped with a warning), and skip finished stages.
         seed: random seed (each stage uses ``seed + stage index``).
         keep_checkpoints: how many epoch checkpoints to keep per stage.
         epoch_length: iterations per epoch (default: all training pairs).
         progress: show a progress bar.
         handlers: more MONAI/ignite handlers (objects with ``attach(engine)``), attached to every stage's engine.
+        max_bad_steps: consecutive iterations with a NaN/Inf that stop a stage (fewer are skipped and logged).
     """
 
     def __init__(
@@ -115,12 +135,13 @@ class AutoRegSearch:
         xi: float | None = None,
         fd_radius: float = 0.01,
         genotype: str | Path | Mapping | Genotype | None = None,
-        resume: bool = False,
+        resume: bool | str = False,
         seed: int = 0,
         keep_checkpoints: int = 2,
         epoch_length: int | None = None,
         progress: bool = True,
         handlers: Sequence[Any] | None = None,
+        max_bad_steps: int = 5,
     ) -> None:
         warmup_epochs = max_epochs // 3 if warmup_epochs is None else warmup_epochs
         if max_epochs < 1 or not 0 <= warmup_epochs < max_epochs:
@@ -144,12 +165,13 @@ class AutoRegSearch:
         self.xi = xi
         self.fd_radius = fd_radius
         self.genotype = None if genotype is None else self._read_genotype(genotype)
-        self.resume = resume
+        self.resume = resume_mode(resume)
         self.seed = seed
         self.keep_checkpoints = keep_checkpoints
         self.epoch_length = epoch_length
         self.progress = progress
         self.handlers = list(handlers or [])
+        self.max_bad_steps = max_bad_steps
 
     @staticmethod
     def _read_genotype(genotype: str | Path | Mapping | Genotype) -> Genotype:
@@ -192,9 +214,20 @@ class AutoRegSearch:
         if self.resume and (folder / "genotype.json").is_file():
             logger.info(f"{stage.value} stage already finished ({folder / 'genotype.json'}): skipped")
             return Genotype.from_json(folder / "genotype.json")
-        folder.mkdir(parents=True, exist_ok=True)
         set_determinism(self.seed + list(SearchStage).index(stage))
         network = self._build_network(stage, self._start_genotype(stage)).to(self.device)
+        spatial_size = _spatial_size(self.train_loader)
+        if spatial_size is not None:  # before anything of the stage is written
+            check_memory(
+                f"the {stage.value} stage of the search",
+                "search",
+                spatial_size,
+                network.feature_channels,
+                network.deformation_channels,
+                self.device,
+                batch_size=getattr(self.train_loader, "batch_size", None) or 1,
+            )
+        folder.mkdir(parents=True, exist_ok=True)
         variables = stage_variables(network, stage)
         make_optimizer = self.hyper_optimizer if stage == SearchStage.OBJECTIVE else self.arch_optimizer
         weight_optimizer = self.weight_optimizer(network.weight_parameters())
@@ -217,6 +250,7 @@ class AutoRegSearch:
             xi=self.xi,
             fd_radius=self.fd_radius,
             epoch_length=self.epoch_length,
+            max_bad_steps=self.max_bad_steps,
         )
         state = {
             "network": network,
@@ -225,7 +259,9 @@ class AutoRegSearch:
             "trainer": trainer,
             "recorder": recorder,
             "stopper": stopper,
+            "random_states": RandomStates(),
         }
+        remove_temporary_files(folder)
         latest = latest_checkpoint(folder) if self.resume else None
         if latest is not None:
             CheckpointLoader(load_path=str(latest), load_dict=state, map_location=self.device).attach(trainer)
@@ -235,7 +271,7 @@ class AutoRegSearch:
         stopper.attach(trainer)
         saver = Checkpoint(
             state,
-            DiskSaver(str(folder), require_empty=False, atomic=True),
+            AtomicDiskSaver(folder),
             filename_prefix="",
             n_saved=None,  # pruned below by epoch, which also covers the checkpoints of a resumed run
             global_step_transform=lambda engine, _: engine.state.epoch,

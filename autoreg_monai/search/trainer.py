@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from autoreg_monai.data.datalist import PAIR_KEYS
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
+from autoreg_monai.numerical_guard import NumericalGuard, pair_names
 from autoreg_monai.search.hypergrad import HYPERGRADIENT_ORDERS, hypergradient
 
 __all__ = ["AutoRegSearchTrainer", "SearchStage", "prepare_pair", "stage_variables"]
@@ -88,9 +89,11 @@ class AutoRegSearchTrainer(Trainer):
         epoch_length: iterations per epoch (default: the length of ``train_data_loader``).
         handlers: MONAI/ignite handlers to attach.
         non_blocking: non-blocking host-to-device copies.
+        max_bad_steps: consecutive iterations with a NaN/Inf (loss, gradient, α or λ) that stop the stage with
+            :class:`~autoreg_monai.numerical_guard.NumericalFaultError`; fewer are skipped with a warning.
 
     The engine output of an iteration is ``{"loss": L_tr before the ω step, "upper_loss": L_up at ω'
-    (nan during warm-up)}``.
+    (nan during warm-up), "skipped": whether a step was skipped for a non-finite value}``.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class AutoRegSearchTrainer(Trainer):
         epoch_length: int | None = None,
         handlers: Sequence | None = None,
         non_blocking: bool = False,
+        max_bad_steps: int = 5,
     ) -> None:
         stage = SearchStage(stage)
         if order not in HYPERGRADIENT_ORDERS:
@@ -154,6 +158,12 @@ class AutoRegSearchTrainer(Trainer):
         self.weight_names = [n for n, p in network.named_parameters() if id(p) not in special]
         self.val_data_loader = val_data_loader
         self._val_iterator: Iterator | None = None
+        self.guard = NumericalGuard(f"search, {stage.value} stage", max_bad_steps)
+        self._upper_names = {
+            SearchStage.FEATURE: ["α_F"],
+            SearchStage.DEFORMATION: ["α_D"],
+            SearchStage.OBJECTIVE: [f"λ parameter {i}" for i in range(len(self.upper_variables))],
+        }[stage]
 
     def _next_validation_pair(self) -> dict[str, torch.Tensor]:
         try:
@@ -189,32 +199,53 @@ class AutoRegSearchTrainer(Trainer):
 
         return loss
 
-    def _iteration(self, engine: Any, batchdata: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _upper_step(self, engine: Any, pair: str, train: dict[str, torch.Tensor], weights: dict) -> float | None:
+        """The hypergradient step of the stage's variable; ``None`` if skipped for a non-finite value."""
+        val = self._next_validation_pair()
+        if self.stage == SearchStage.OBJECTIVE:
+            upper_loss = self._label_overlap(val)
+        else:
+            upper_loss = self._registration(val, learn_weights=False)
+        train_loss = self._registration(train, learn_weights=self.stage == SearchStage.OBJECTIVE)
+        grads, value = hypergradient(
+            train_loss, upper_loss, weights, self.upper_variables, self.xi, self.order, self.fd_radius
+        )
+        named = [("upper loss", value), *((f"hypergradient of {n}", g) for n, g in zip(self._upper_names, grads))]
+        if not self.guard.passed(engine, "upper step", pair, named):
+            return None
+        before = [v.detach().clone() for v in self.upper_variables]
+        self.upper_optimizer.zero_grad(set_to_none=True)
+        for variable, grad in zip(self.upper_variables, grads):
+            variable.grad = grad
+        self.upper_optimizer.step()
+        if not self.guard.passed(engine, "upper step", pair, list(zip(self._upper_names, self.upper_variables))):
+            with torch.no_grad():  # the step overflowed: back to the values before it
+                for variable, value_before in zip(self.upper_variables, before):
+                    variable.copy_(value_before)
+            return None
+        return value.item()
+
+    def _iteration(self, engine: Any, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
         train = prepare_pair(batchdata, engine.state.device, engine.non_blocking)
+        pair = pair_names(batchdata)
         params = dict(self.network.named_parameters())
         weights = {n: params[n] for n in self.weight_names}
-        upper_value = float("nan")
+        upper_value, skipped = float("nan"), False
         if engine.state.epoch > self.warmup_epochs:
-            val = self._next_validation_pair()
-            if self.stage == SearchStage.OBJECTIVE:
-                upper_loss = self._label_overlap(val)
-            else:
-                upper_loss = self._registration(val, learn_weights=False)
-            train_loss = self._registration(train, learn_weights=self.stage == SearchStage.OBJECTIVE)
-            grads, value = hypergradient(
-                train_loss, upper_loss, weights, self.upper_variables, self.xi, self.order, self.fd_radius
-            )
-            self.upper_optimizer.zero_grad(set_to_none=True)
-            for variable, grad in zip(self.upper_variables, grads):
-                variable.grad = grad
-            self.upper_optimizer.step()
-            upper_value = value.item()
+            upper = self._upper_step(engine, pair, train, weights)
+            skipped = upper is None
+            upper_value = float("nan") if upper is None else upper
 
         with record_function("autoreg::weight_step"):  # a scope for torch.profiler (benchmarks/search_cost.py)
             loss = self._registration(train, learn_weights=False)(weights)
             grads = torch.autograd.grad(loss, list(weights.values()))
-            self.weight_optimizer.zero_grad(set_to_none=True)
-            for weight, grad in zip(weights.values(), grads):
-                weight.grad = grad
-            self.weight_optimizer.step()
-        return {"loss": loss.item(), "upper_loss": upper_value}
+            named = [("loss", loss), *((f"gradient of {n}", g) for n, g in zip(weights, grads))]
+            if self.guard.passed(engine, "weight step", pair, named):
+                self.weight_optimizer.zero_grad(set_to_none=True)
+                for weight, grad in zip(weights.values(), grads):
+                    weight.grad = grad
+                self.weight_optimizer.step()
+            else:
+                skipped = True
+        self.guard.end_iteration()
+        return {"loss": loss.item(), "upper_loss": upper_value, "skipped": skipped}

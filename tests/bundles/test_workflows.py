@@ -114,7 +114,7 @@ def test_train_writes_a_weights_only_model_and_resumable_checkpoints(trained):
 def test_train_resumes_from_its_last_checkpoint(trained, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     models = trained / "models"
-    run("train", **_config("brain_t1", "train"), output_dir=str(models), max_epochs=3, resume=True, **SMALL)
+    run("train", **_config("brain_t1", "train"), output_dir=str(models), max_epochs=3, resume="auto", **SMALL)
     checkpoint = torch.load(models / "train" / "checkpoint_3.pt", weights_only=True)
     assert checkpoint["trainer"]["iteration"] == 3 * checkpoint["trainer"]["epoch_length"]
     assert not (models / "train" / "checkpoint_1.pt").exists()  # two kept

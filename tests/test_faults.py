@@ -1,0 +1,504 @@
+# Copyright (c) autoreg_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Fault injection: malicious bundles, and the refusals that must come before anything of them runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from autoreg_monai.bundle_safety import check_bundle, config_problems, expression_problems
+from autoreg_monai.data.phantom import make_phantom_pair
+from autoreg_monai.packaging import MANIFEST, sha256_of
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = sorted(p for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+def _autoreg(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``autoreg_monai.cli:main`` in this process: (exit code, stdout, stderr)."""
+    from autoreg_monai.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as stop:
+        code = int(stop.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture()
+def phantom_scans(tmp_path) -> dict[str, str]:
+    """A generated 32³ pair written as NIfTI (2 mm voxels), for commands that only need some valid scans."""
+    pair = make_phantom_pair((32, 32, 32), seed=0, magnitude=2.0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    paths = {}
+    for role in ("fixed", "moving"):
+        paths[role] = str(tmp_path / f"{role}.nii.gz")
+        nib.save(nib.Nifti1Image(pair[f"{role}_image"][0, 0].numpy().astype(np.float32), affine), paths[role])
+    return paths
+
+
+def _copy_bundle(tmp_path: Path, name: str = "brain_t1") -> Path:
+    folder = tmp_path / "site" / "bundles" / name
+    shutil.copytree(REPO_ROOT / "bundles" / name, folder, ignore=shutil.ignore_patterns("search", "train", "eval"))
+    return folder
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_the_shipped_bundles_pass_the_config_check(bundle):
+    assert [p for c in sorted((bundle / "configs").glob("*.json")) for p in config_problems(c, bundle)] == []
+
+
+@pytest.mark.parametrize(
+    "expression, problem",
+    [
+        ("__import__('os').system('touch x')", "builtin __import__ is not allowed"),
+        ("torch.os.system('x')", "torch.os is the module os, outside the allowed packages"),
+        ("@network.__class__.__init__.__globals__", "attribute __class__ is not allowed"),
+        ("import subprocess", "import of subprocess"),
+        ("open('/etc/passwd').read()", "builtin open is not allowed"),
+        ("torch.load('x.pt', weights_only=False)", "torch.load loads code or configs (denied)"),
+        ("monai.utils.optional_import('os')[0]", "monai.utils.optional_import loads code or configs (denied)"),
+        ("getattr(torch, 'load')", "builtin getattr is not allowed"),
+        ("from os import system", "os.system is outside the allowed packages (autoreg_monai, monai, torch)"),
+        ("[c for c in ().__class__.__base__.__subclasses__()]", "attribute __subclasses__ is not allowed"),
+    ],
+)
+def test_expressions_running_code_outside_the_allow_list_are_found(expression, problem):
+    assert problem in expression_problems(expression)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "@network_def.to(@device)",
+        "os.path.join(os.path.dirname(@output_dir), 'results')",
+        "lambda x: x > @foreground_threshold",
+        "autoreg_monai.networks.Genotype.from_json(@genotype)",
+        "[s // 2 for s in @spatial_size]",
+    ],
+)
+def test_ordinary_wiring_expressions_pass(expression):
+    assert expression_problems(expression) == []
+
+
+def test_a_target_outside_the_allow_list_or_a_macro_outside_the_bundle_is_found(tmp_path):
+    bundle = _copy_bundle(tmp_path)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["shell"] = {"_target_": "subprocess.run", "args": ["touch", "marker"]}
+    config["builtin"] = {"_target_": "exec", "source": "x = 1"}
+    config["outside"] = "%/etc/other.json#key"
+    config["debugger"] = {"_target_": "monai.networks.nets.VoxelMorph", "_mode_": "debug"}
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    found = "\n".join(config_problems(bundle / "configs" / "inference.json", bundle))
+    assert "shell#_target_: subprocess.run is outside the allowed packages" in found
+    assert "builtin#_target_: exec is not a MONAI component" in found
+    assert "outside: the macro names /etc/other.json, a file outside the bundle" in found
+    assert "debugger#_mode_: debug mode starts the Python debugger" in found
+
+
+def test_a_config_running_code_is_refused_by_register_and_runs_only_when_trusted(tmp_path, capsys, phantom_scans):
+    marker = tmp_path / "marker_config"
+    bundle = _copy_bundle(tmp_path)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["run"] = [f"$__import__('pathlib').Path({str(marker)!r}).touch()", *config["run"]]
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    args = ["--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"], "--bundle", str(bundle)]
+    out = tmp_path / "out"
+    code, _, err = _autoreg(capsys, "register", *args, "--out", str(out), "--prealign", "none", "--quiet")
+    assert code == 1, err[-2000:]
+    assert "refused, its configs would run code outside the allowed packages" in err
+    assert "inference.json: run#0: builtin __import__ is not allowed" in err and "--trust-bundle" in err
+    assert not marker.exists() and not out.exists()
+    # the same bundle, trusted: the payload is real (it runs), so the refusal above is what protected us
+    code, _, err = _autoreg(
+        capsys, "register", *args, "--out", str(out), "--prealign", "none", "--quiet", "--trust_bundle"
+    )
+    assert code == 0, err[-2000:]
+    assert marker.exists()
+
+
+class _Payload:
+    """Unpickling this calls ``Path(marker).touch()``: code in a weights file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickle_bearing_model_is_refused_without_running_it(tmp_path, capsys, phantom_scans):
+    marker = tmp_path / "marker_pickle"
+    bundle = _copy_bundle(tmp_path)
+    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    torch.save({**weights, "payload": _Payload(marker)}, bundle / "models" / "model.pt")
+    for trusted in ([], ["--trust_bundle"]):  # trusting the configs does not extend to pickled code
+        out = tmp_path / f"out{len(trusted)}"
+        code, _, err = _autoreg(
+            capsys, "register", "--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"],
+            "--bundle", str(bundle), "--out", str(out), "--quiet", *trusted,
+        )  # fmt: skip
+        assert code == 1, err[-2000:]
+        assert "model.pt: it holds pickled Python objects, not only weights; refused without running them" in err
+        assert not marker.exists() and not out.exists()
+    # the payload is real: an unsafe load (in a separate interpreter) runs it
+    script = f"import torch; torch.load({str(bundle / 'models' / 'model.pt')!r}, weights_only=False)"
+    subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert marker.exists()
+
+
+def test_a_fetched_bundle_whose_files_changed_is_refused(tmp_path):
+    bundle = _copy_bundle(tmp_path)
+    files = sorted(p for p in bundle.rglob("*") if p.is_file())
+    lines = [f"{sha256_of(p)}  {p.relative_to(bundle).as_posix()}" for p in files]
+    (bundle / MANIFEST).write_text("\n".join(lines) + "\n")
+    check_bundle(bundle)  # as fetched: passes
+    genotype = bundle / "models" / "genotype.json"
+    genotype.write_text(genotype.read_text().replace("conv_3x3", "conv_5x5", 1))
+    with pytest.raises(ValueError, match="genotype.json: changed since the bundle was fetched"):
+        check_bundle(bundle)
+    genotype.unlink()
+    with pytest.raises(ValueError, match="genotype.json: listed in .*SHA256SUMS but missing"):
+        check_bundle(bundle)
+
+
+# ---- crash safety: SIGKILL at a random moment, truncated checkpoints --------------------------------------------
+
+SEARCH_CONFIG = "bundles/brain_t1/configs/search.json"
+TINY_SEARCH = {
+    "spatial_size": [16, 16, 16],
+    "demo_options": {"num_training": 2, "num_validation": 1, "num_test": 1, "size": 32},
+    "search_feature_channels": [4, 8],
+    "search_deformation_channels": [8, 8, 4],
+    "integration_steps": 4,
+    "max_epochs": 3,
+    "warmup_epochs": 1,
+    "patience": 5,
+    "device": "cpu",
+}
+
+
+def _searcher(output_dir: Path, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(REPO_ROOT / SEARCH_CONFIG)
+    parser.update({**TINY_SEARCH, "output_dir": str(output_dir), **overrides})
+    parser.parse()
+    searcher = parser.get_parsed_content("searcher")
+    searcher.progress = False
+    return searcher
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_search(tmp_path_factory) -> tuple[Path, float]:
+    """The tiny search run once without a crash: (its output folder, seconds it took)."""
+    import time
+
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO_ROOT)
+        start = time.perf_counter()
+        _searcher(folder).run()
+        seconds = time.perf_counter() - start
+    return folder, seconds
+
+
+def test_a_search_killed_at_a_random_moment_resumes_to_the_same_genotype(tmp_path, uninterrupted_search, monkeypatch):
+    import random
+    import signal
+    import time
+
+    folder, seconds = uninterrupted_search
+    expected = json.loads((folder / "genotype.json").read_text())
+    out = tmp_path / "killed"
+    overrides = []
+    for key, value in {**TINY_SEARCH, "output_dir": str(out)}.items():
+        overrides += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    command = [sys.executable, "-m", "monai.bundle", "run", "search", "--config_file", SEARCH_CONFIG, *overrides]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("search/feature/checkpoint_*.pt")) and time.monotonic() < deadline:
+            assert process.poll() is None, "the search ended before its first checkpoint"
+            time.sleep(0.05)
+        delay = random.uniform(0.0, 0.7 * seconds)  # anywhere in the rest of the run: a checkpoint write included
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "genotype.json").exists(), f"the run finished before the kill ({delay:.2f} s)"
+    monkeypatch.chdir(REPO_ROOT)
+    _searcher(out, resume="auto").run()
+    resumed = json.loads((out / "genotype.json").read_text())
+    assert resumed == expected, f"killed {delay:.2f} s after the first checkpoint"
+
+
+def test_a_truncated_checkpoint_is_skipped_with_a_warning(tmp_path, uninterrupted_search, monkeypatch, caplog):
+    folder, _ = uninterrupted_search
+    expected = json.loads((folder / "search" / "feature" / "genotype.json").read_text())
+    monkeypatch.chdir(REPO_ROOT)
+    searcher = _searcher(tmp_path)
+    searcher.run_stage("feature")
+    stage = tmp_path / "search" / "feature"
+    (stage / "genotype.json").unlink()  # as if the run died after its last checkpoint
+    newest = stage / "checkpoint_3.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a disk that filled up mid-write
+    with caplog.at_level("WARNING"):
+        _searcher(tmp_path, resume="auto").run_stage("feature")  # epoch 3 again, from checkpoint_2.pt
+    assert f"skipping the damaged checkpoint {newest}" in caplog.text
+    assert "resuming from an older one" in caplog.text
+    assert json.loads((stage / "genotype.json").read_text()) == expected
+    rewritten = torch.load(newest, weights_only=True)["trainer"]  # written whole again at the end of epoch 3
+    assert rewritten["iteration"] == 3 * rewritten["epoch_length"]
+
+
+# ---- numerical faults: NaN injected into a batch ----------------------------------------------------------------
+
+
+class _PoisonedLoader:
+    """The training pairs of ``loader`` with NaN written into the moving image of the batches ``poisoned``."""
+
+    def __init__(self, loader, poisoned) -> None:
+        self.loader, self.poisoned = loader, poisoned
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for index, batch in enumerate(self.loader):
+            if self.poisoned(index):
+                batch = dict(batch)
+                image = batch["moving_image"].clone()
+                image[..., 3:6, 3:6, 3:6] = float("nan")
+                batch["moving_image"] = image
+            yield batch
+
+
+def test_a_nan_batch_is_skipped_and_logged_and_the_search_goes_on(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(REPO_ROOT)
+    searcher = _searcher(tmp_path, max_epochs=2, warmup_epochs=0)
+    searcher.train_loader = _PoisonedLoader(searcher.train_loader, lambda index: index == 1)
+    with caplog.at_level("WARNING"):
+        searcher.run_stage("feature")
+    skipped = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+    assert len(skipped) == 4, skipped  # the upper and the ω step of the poisoned batch, in each of the 2 epochs
+    assert all(m.startswith("search, feature stage, epoch ") and "pair " in m and " -> " in m for m in skipped)
+    assert "non-finite upper loss" in skipped[0] or "non-finite hypergradient of α_F" in skipped[0]
+    state = torch.load(tmp_path / "search" / "feature" / "checkpoint_2.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["network"].values())  # ω and α stayed finite
+
+
+def test_consecutive_nan_batches_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from autoreg_monai.numerical_guard import NumericalFaultError
+
+    monkeypatch.chdir(REPO_ROOT)
+    searcher = _searcher(tmp_path, max_epochs=3, warmup_epochs=0)
+    searcher.max_bad_steps = 2
+    epoch_length = len(searcher.train_loader)
+    state = {"batches": 0}
+
+    def poisoned(index: int) -> bool:  # every batch from the second epoch on
+        state["batches"] += 1
+        return state["batches"] > epoch_length
+
+    searcher.train_loader = _PoisonedLoader(searcher.train_loader, poisoned)
+    with pytest.raises(NumericalFaultError) as raised:
+        searcher.run_stage("feature")
+    message = str(raised.value)
+    assert message.startswith("search, feature stage, epoch 2, iteration ")
+    assert f"iteration {epoch_length + 2}, pair " in message
+    assert "2 consecutive iterations had NaN/Inf values, so the run stops" in message
+    assert "The newest checkpoint holds the last good state" in message
+    stage = tmp_path / "search" / "feature"
+    assert sorted(p.name for p in stage.glob("checkpoint_*.pt")) == ["checkpoint_1.pt"]
+    good = torch.load(stage / "checkpoint_1.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in good["network"].values())
+    assert not (stage / "genotype.json").exists()
+
+
+# ---- bad input: each refused before any work starts, through the CLI and through MONAI's bundle runner ---------
+
+
+def _ixi(sample_data: Path, subject: str, kind: str) -> str:
+    return str(next((sample_data / "ixi_dlmuse").glob(f"{subject}*_{kind}_2mm.nii.gz")))
+
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> str:
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine), str(path))
+    return str(path)
+
+
+@pytest.fixture()
+def bad_datalists(sample_data, tmp_path) -> dict[str, tuple[Path, str]]:
+    """One datalist folder per bad-input case, each with the real IXI scans and one broken entry first:
+    ``case -> (dataset_dir, expected message)``."""
+    subjects = {s: {"image": _ixi(sample_data, s, "T1w"), "label": _ixi(sample_data, s, "dlmuse")}
+                for s in ("IXI012", "IXI013", "IXI014", "IXI033")}  # fmt: skip
+    good = {"training": [subjects["IXI013"], subjects["IXI014"]], "validation": [subjects["IXI033"]],
+            "atlas": subjects["IXI012"]}  # fmt: skip
+    real = nib.load(subjects["IXI013"]["image"])
+    volume = np.asarray(real.dataobj, dtype=np.float32)
+    files = tmp_path / "files"
+    files.mkdir()
+    truncated = files / "truncated.nii.gz"
+    raw = Path(subjects["IXI013"]["image"]).read_bytes()
+    truncated.write_bytes(raw[: len(raw) // 2])
+    (files / "empty.nii.gz").write_bytes(b"")
+    (files / "garbage.nii.gz").write_bytes(b"not an image at all")
+    nan = volume.copy()
+    nan[10, 10, 10] = np.nan
+    float_label = np.asarray(nib.load(subjects["IXI013"]["label"]).dataobj, dtype=np.float32) + 0.5
+    cases = {
+        "truncated": ({"image": str(truncated)}, "truncated.nii.gz: cannot read the image of training[0] as an image"),
+        "zero-size": ({"image": str(files / "empty.nii.gz")}, "empty.nii.gz: cannot read the image of training[0]"),
+        "unreadable": ({"image": str(files / "garbage.nii.gz")}, "garbage.nii.gz: cannot read the image of"),
+        "2-D": ({"image": _nifti(files / "slice.nii.gz", volume[:, :, 40])},
+                "slice.nii.gz: the image of training[0] is 2-D"),
+        "4-D": ({"image": _nifti(files / "series.nii.gz", np.stack([volume, volume], -1))},
+                "series.nii.gz: the image of training[0] is 4-D"),
+        "constant": ({"image": _nifti(files / "flat.nii.gz", np.full_like(volume, 7.0))},
+                     "flat.nii.gz: the image of training[0] is constant"),
+        "NaN": ({"image": _nifti(files / "nan.nii.gz", nan, real.affine)},
+                "nan.nii.gz: the image of training[0] has NaN"),
+        "float labels": ({"image": subjects["IXI013"]["image"],
+                          "label": _nifti(files / "float_label.nii.gz", float_label, real.affine)},
+                         "float_label.nii.gz: a label map must hold integer values"),
+        "other geometry": ({"image": subjects["IXI013"]["image"],
+                            "label": str(sample_data / "freesurfer_mne_sample" / "aseg_3mm.nii.gz")},
+                           "aseg_3mm.nii.gz: the label map (shape (86, 86, 86)) does not match its image"),
+        "no image key": ({"label": subjects["IXI013"]["label"]}, "datalist.json: training[0] has no image entry"),
+    }  # fmt: skip
+    made = {}
+    for case, (entry, message) in cases.items():
+        folder = tmp_path / case.replace(" ", "_")
+        folder.mkdir()
+        datalist = json.loads(json.dumps(good))
+        datalist["training"][0] = entry
+        made[case] = (folder, message)
+        (folder / "datalist.json").write_text(json.dumps(datalist))
+    duplicate = tmp_path / "duplicate"
+    duplicate.mkdir()
+    (duplicate / "datalist.json").write_text(json.dumps({**good, "test": [subjects["IXI013"]]}))
+    made["duplicate"] = (duplicate, "is listed twice (training[0].image and test[0].image)")
+    unknown = tmp_path / "unknown_labels"
+    unknown.mkdir()
+    (unknown / "datalist.json").write_text(json.dumps({**good, "labels": {"0": "background", "4": "a region"}}))
+    made["unknown labels"] = (unknown, "does not declare in 'labels' ([0, 4])")
+    return made
+
+
+BAD_CASES = ["truncated", "zero-size", "unreadable", "2-D", "4-D", "constant", "NaN", "float labels",
+             "other geometry", "no image key", "duplicate", "unknown labels"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_a_bad_datalist_is_refused_by_the_cli_before_any_work(bad_datalists, tmp_path, capsys, case):
+    dataset, message = bad_datalists[case]
+    out = tmp_path / "search_out"
+    code, _, err = _autoreg(
+        capsys, "search", "--bundle", str(REPO_ROOT / "bundles" / "brain_t1"), "--dataset_dir", str(dataset),
+        "--output_dir", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 1, err[-2000:]
+    assert err.startswith("autoreg: error: ") and message in err, err[-2000:]
+    assert "Traceback" not in err and "Failed to instantiate" not in err
+    assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize("case", ["truncated", "NaN", "duplicate"])
+def test_a_bad_datalist_is_refused_by_the_bundle_run(bad_datalists, tmp_path, monkeypatch, case):
+    from monai.bundle import run
+
+    dataset, message = bad_datalists[case]
+    out = tmp_path / "search_out"
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(Exception) as raised:
+        run("search", config_file=SEARCH_CONFIG, dataset_dir=str(dataset), output_dir=str(out), device="cpu")
+    chain, error = [], raised.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__
+    assert any(message in text for text in chain), chain
+    assert not out.exists()
+
+
+# ---- resource guard ----------------------------------------------------------------------------------------------
+
+
+def test_the_memory_estimate_grows_with_voxels_and_channels_and_suggests_a_grid_that_fits(monkeypatch):
+    from autoreg_monai import resources
+
+    small = resources.estimate_memory("search", (32, 32, 32), [8, 16], [16, 16, 8])
+    large = resources.estimate_memory("search", (64, 64, 64), [8, 16], [16, 16, 8])
+    assert large - resources.BASE_BYTES == pytest.approx(8 * (small - resources.BASE_BYTES), rel=1e-6)
+    assert resources.estimate_memory("search", (32, 32, 32), [16, 32], [32, 32, 16]) > small
+    assert resources.available_memory("cpu") > 0
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 8 * 2**30)
+    with pytest.raises(resources.InsufficientMemoryError) as raised:
+        resources.check_memory("the search", "search", (160, 192, 224), [8, 16], [16, 16, 8])
+    message = str(raised.value)
+    assert message.startswith("the search: at 160x192x224 voxels it needs about ") and "8.0 GiB is free" in message
+    suggested = json.loads(message.split("--spatial_size ")[1].split()[0].strip('"'))
+    assert all(s % 16 == 0 for s in suggested) and suggested[0] < 160
+    resources.check_memory("the search", "search", suggested, [8, 16], [16, 16, 8])  # the suggestion fits
+    monkeypatch.setenv("AUTOREG_SKIP_MEMORY_CHECK", "1")
+    resources.check_memory("the search", "search", (160, 192, 224), [8, 16], [16, 16, 8])
+
+
+def test_a_search_that_cannot_fit_is_refused_before_its_first_step(tmp_path, monkeypatch):
+    from autoreg_monai import resources
+
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 64 * 2**20)
+    searcher = _searcher(tmp_path)
+    with pytest.raises(resources.InsufficientMemoryError, match="the feature stage of the search: at 16x16x16 voxels"):
+        searcher.run()
+    assert not (tmp_path / "search").exists()
+
+
+def test_a_registration_that_cannot_fit_is_refused_by_the_cli(sample_data, tmp_path, monkeypatch, capsys):
+    from autoreg_monai import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 2**28)
+    out = tmp_path / "out"
+    fixed, moving = _ixi(sample_data, "IXI012", "T1w"), _ixi(sample_data, "IXI013", "T1w")
+    code, _, err = _autoreg(
+        capsys, "register", "--fixed", fixed, "--moving", moving, "--bundle", str(REPO_ROOT / "bundles" / "brain_t1"),
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 1, err[-2000:]
+    assert "autoreg: error: registering IXI013" in err and "of cpu memory, and 0.2 GiB is free" in err
+    assert not out.exists()
+
+
+def test_resume_takes_auto_true_or_false_and_refuses_anything_else():
+    from autoreg_monai.engines import resume_mode
+
+    assert resume_mode("auto") and resume_mode(True) and resume_mode("True")
+    assert not resume_mode(False) and not resume_mode("false")
+    with pytest.raises(ValueError, match="resume must be auto, true or false, got 'sometimes'"):
+        resume_mode("sometimes")

@@ -25,6 +25,7 @@ import torch
 
 from autoreg_monai.bundle_safety import check_bundle, config_problems, expression_problems
 from autoreg_monai.data.phantom import make_phantom_pair
+from autoreg_monai.losses import RegistrationLoss
 from autoreg_monai.packaging import MANIFEST, sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def test_a_config_running_code_is_refused_by_register_and_runs_only_when_trusted
     marker = tmp_path / "marker_config"
     bundle = _copy_bundle(tmp_path)
     config = json.loads((bundle / "configs" / "inference.json").read_text())
-    config["run"] = [f"$__import__('pathlib').Path({str(marker)!r}).touch()", *config["run"]]
+    config["run"] = [f"$__import__('os').system('touch {marker}')", *config["run"]]
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     args = ["--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"], "--bundle", str(bundle)]
     out = tmp_path / "out"
@@ -312,6 +313,33 @@ def test_a_nan_batch_is_skipped_and_logged_and_the_search_goes_on(tmp_path, monk
     assert all(torch.isfinite(v).all() for v in state["network"].values())  # ω and α stayed finite
 
 
+def test_training_skips_nan_steps_and_stops_after_k_in_a_row(caplog):
+    from monai.engines import SupervisedTrainer
+
+    from autoreg_monai.engines import RegistrationTrainStep
+    from autoreg_monai.networks import AutoRegNet, Genotype
+    from autoreg_monai.numerical_guard import NumericalFaultError
+
+    genotype = Genotype.paper_default()
+    net = AutoRegNet(genotype, feature_channels=(4, 8), deformation_channels=(8, 8, 4), integration_steps=4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    good = {"moving_image": torch.rand(1, 1, 16, 16, 16), "fixed_image": torch.rand(1, 1, 16, 16, 16), "pair": ["g"]}
+    bad = {**good, "moving_image": torch.full((1, 1, 16, 16, 16), float("nan")), "pair": ["bad.nii.gz -> f.nii.gz"]}
+    step = RegistrationTrainStep(RegistrationLoss("lncc", num_scales=2), genotype.loss_weights, max_bad_steps=3)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=[bad, bad, good, bad, bad, bad], network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3), loss_function=None, iteration_update=step,
+        decollate=False,
+    )  # fmt: skip
+    with caplog.at_level("WARNING"), pytest.raises(NumericalFaultError) as raised:
+        trainer.run()
+    assert "training, epoch 1, iteration 6, pair bad.nii.gz -> f.nii.gz: non-finite loss" in str(raised.value)
+    assert "3 consecutive iterations had NaN/Inf values" in str(raised.value)  # the good pair reset the count
+    assert sum("step skipped" in r.getMessage() for r in caplog.records) == 5  # iterations 1, 2, 4, 5, 6
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(torch.isfinite(v).all() for v in net.state_dict().values())  # only the good step moved ω
+
+
 def test_consecutive_nan_batches_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
     from autoreg_monai.numerical_guard import NumericalFaultError
 
@@ -391,6 +419,7 @@ def bad_datalists(sample_data, tmp_path) -> dict[str, tuple[Path, str]]:
                             "label": str(sample_data / "freesurfer_mne_sample" / "aseg_3mm.nii.gz")},
                            "aseg_3mm.nii.gz: the label map (shape (86, 86, 86)) does not match its image"),
         "no image key": ({"label": subjects["IXI013"]["label"]}, "datalist.json: training[0] has no image entry"),
+        "missing": ({"image": str(files / "gone.nii.gz")}, "datalist.json: 1 listed file(s) do not exist"),
     }  # fmt: skip
     made = {}
     for case, (entry, message) in cases.items():
@@ -411,7 +440,7 @@ def bad_datalists(sample_data, tmp_path) -> dict[str, tuple[Path, str]]:
     return made
 
 
-BAD_CASES = ["truncated", "zero-size", "unreadable", "2-D", "4-D", "constant", "NaN", "float labels",
+BAD_CASES = ["missing", "truncated", "zero-size", "unreadable", "2-D", "4-D", "constant", "NaN", "float labels",
              "other geometry", "no image key", "duplicate", "unknown labels"]  # fmt: skip
 
 
@@ -429,7 +458,7 @@ def test_a_bad_datalist_is_refused_by_the_cli_before_any_work(bad_datalists, tmp
     assert not out.exists()  # nothing written
 
 
-@pytest.mark.parametrize("case", ["truncated", "NaN", "duplicate"])
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_a_bad_datalist_is_refused_by_the_bundle_run(bad_datalists, tmp_path, monkeypatch, case):
     from monai.bundle import run
 

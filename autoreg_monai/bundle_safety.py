@@ -45,6 +45,7 @@ import torch
 from autoreg_monai.packaging import MANIFEST, sha256_of
 
 __all__ = [
+    "ALLOWED_IMPORTS",
     "ALLOWED_PACKAGES",
     "DENIED_ATTRIBUTES",
     "DENIED_NAMES",
@@ -53,6 +54,7 @@ __all__ = [
     "check_bundle",
     "config_problems",
     "expression_problems",
+    "name_problem",
     "verify_manifest",
     "weights_problem",
 ]

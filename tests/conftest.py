@@ -8,12 +8,14 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Shared test fixtures: the real sample data folder and small seeded tensors."""
+"""Shared test fixtures: the real sample data folder, seeded tensors, the CLI in-process, the brain_t1 searcher."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -51,3 +53,45 @@ def _demo_dir(tmp_path_factory):
         os.environ.pop("AUTOREG_DEMO_DIR", None)
     else:
         os.environ["AUTOREG_DEMO_DIR"] = previous
+
+
+@pytest.fixture()
+def autoreg_main(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, str]]:
+    """The console script's entry point, ``autoreg_monai.cli:main``, in this process: ``(exit code, stdout, stderr)``.
+
+    For the refusals, which must not pay a fresh interpreter's start-up each; the successful commands of
+    tests/test_cli_commands.py run the installed script through ``subprocess``.
+    """
+    from autoreg_monai.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as stop:
+            code = int(stop.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def brain_t1_searcher() -> Callable[..., Any]:
+    """Build the brain_t1 bundle's ``AutoRegSearch`` from its search config: ``make(output_dir, **overrides)``.
+
+    The caller runs it from the repository root (the config's ``%`` references are relative to it).
+    """
+    from monai.bundle import ConfigParser
+
+    def make(output_dir: Path, **overrides: Any) -> Any:
+        parser = ConfigParser()
+        parser.read_config(REPO_ROOT / "bundles" / "brain_t1" / "configs" / "search.json")
+        parser.update({**overrides, "output_dir": str(output_dir)})
+        parser.parse()
+        searcher = parser.get_parsed_content("searcher")
+        searcher.progress = False
+        return searcher
+
+    return make

@@ -40,24 +40,6 @@ def autoreg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=900, cwd=cwd)
 
 
-def autoreg_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """The console script's entry point, ``autoreg_monai.cli:main``, in this process: (exit code, stdout, stderr).
-
-    For the refusals, which must not pay a fresh interpreter's start-up each; the successful commands above
-    run the installed script through ``subprocess``.
-    """
-    from autoreg_monai.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _ixi(sample_data: Path, subject: str, kind: str = "T1w") -> Path:
     return next((sample_data / "ixi_dlmuse").glob(f"{subject}*_{kind}_2mm.nii.gz"))
 
@@ -176,7 +158,7 @@ def test_datalist_reports_the_unmatched_image(tmp_path):
     assert all("label" in s for s in validation)
 
 
-def test_datalist_then_evaluate_on_real_scans(sample_data, tmp_path, capsys):
+def test_datalist_then_evaluate_on_real_scans(sample_data, tmp_path, autoreg_main):
     """The user's path: a datalist from a folder of real scans, then a bundle workflow run on it by the CLI."""
     images, labels = tmp_path / "scans", tmp_path / "labels"
     images.mkdir()
@@ -186,15 +168,15 @@ def test_datalist_then_evaluate_on_real_scans(sample_data, tmp_path, capsys):
         (labels / _ixi(sample_data, subject, "dlmuse").name).symlink_to(_ixi(sample_data, subject, "dlmuse"))
     atlas = images / _ixi(sample_data, "IXI012").name
     study = tmp_path / "study"
-    code, _, err = autoreg_in_process(
-        capsys, "datalist", "--images", str(images), "--labels", str(labels), "--atlas", str(atlas),
+    code, _, err = autoreg_main(
+        "datalist", "--images", str(images), "--labels", str(labels), "--atlas", str(atlas),
         "--atlas_label", str(labels / _ixi(sample_data, "IXI012", "dlmuse").name),
         "--val", "0", "--test", "0.5", "--out", str(study / "datalist.json"),
     )  # fmt: skip
     assert code == 0, err[-3000:]
     assert len(load_decathlon_datalist(str(study / "datalist.json"), data_list_key="test")) == 1
-    code, out, err = autoreg_in_process(
-        capsys, "evaluate", "--bundle", str(BUNDLE), "--dataset_dir", str(study), "--eval_dir", str(tmp_path / "eval"),
+    code, out, err = autoreg_main(
+        "evaluate", "--bundle", str(BUNDLE), "--dataset_dir", str(study), "--eval_dir", str(tmp_path / "eval"),
         "--prealign", "affine", "--panels", "False", "--quiet",
     )  # fmt: skip
     assert code == 0, err[-3000:]
@@ -204,7 +186,7 @@ def test_datalist_then_evaluate_on_real_scans(sample_data, tmp_path, capsys):
     assert summary["mean"]["mean_dice"] > 0.2
 
 
-def test_package_fetch_round_trip_and_refusals(tmp_path, capsys):
+def test_package_fetch_round_trip_and_refusals(tmp_path, autoreg_main):
     archive = tmp_path / "dist" / "brain_t1.zip"
     result = autoreg("package", "--bundle", str(BUNDLE), "--out", str(archive))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -224,13 +206,13 @@ def test_package_fetch_round_trip_and_refusals(tmp_path, capsys):
     data[len(data) // 3] ^= 0xFF
     tampered.write_bytes(bytes(data))
     shutil.copy(archive.with_name("brain_t1.zip.sha256"), tampered.with_name("brain_t1.zip.sha256"))
-    code, _, err = autoreg_in_process(capsys, "fetch", "--source", str(tampered), "--out", str(tmp_path / "bad"))
+    code, _, err = autoreg_main("fetch", "--source", str(tampered), "--out", str(tmp_path / "bad"))
     assert code == 1 and "SHA-256 check of the archive failed" in err and "Traceback" not in err
     slip = tmp_path / "slip.zip"
     shutil.copy(archive, slip)
     with zipfile.ZipFile(slip, "a") as zf:
         zf.writestr("brain_t1/../../escaped.txt", b"x")
-    code, _, err = autoreg_in_process(capsys, "fetch", "--source", str(slip), "--out", str(tmp_path / "bad"))
+    code, _, err = autoreg_main("fetch", "--source", str(slip), "--out", str(tmp_path / "bad"))
     assert code == 1 and "points outside the archive folder" in err
     assert not (tmp_path / "escaped.txt").exists()
 
@@ -265,7 +247,7 @@ def bad_inputs(sample_data, tmp_path):
         ("label", "aseg_3mm.nii.gz: the label map (shape (86, 86, 86)) does not match its image"),
     ],
 )
-def test_bad_input_is_refused_with_a_message(bad_inputs, tmp_path, capsys, case, message):
+def test_bad_input_is_refused_with_a_message(bad_inputs, tmp_path, autoreg_main, case, message):
     args = {"fixed": bad_inputs["fixed"], "moving": bad_inputs["moving"], "bundle": str(BUNDLE)}
     if case == "missing":
         args["moving"] = str(tmp_path / "missing.nii.gz")
@@ -276,8 +258,8 @@ def test_bad_input_is_refused_with_a_message(bad_inputs, tmp_path, capsys, case,
     else:
         args["moving_label"] = bad_inputs["other_label"]
     out = tmp_path / "out"
-    code, stdout, stderr = autoreg_in_process(
-        capsys, "register", *[x for k, v in args.items() for x in (f"--{k}", v)], "--out", str(out)
+    code, stdout, stderr = autoreg_main(
+        "register", *[x for k, v in args.items() for x in (f"--{k}", v)], "--out", str(out)
     )
     assert code == 1, stdout[-2000:] + stderr[-2000:]
     assert "autoreg: error: " in stderr and message in stderr
@@ -285,9 +267,9 @@ def test_bad_input_is_refused_with_a_message(bad_inputs, tmp_path, capsys, case,
     assert not out.exists()  # refused before any work: no partial results
 
 
-def test_very_different_fields_of_view_warn(bad_inputs, tmp_path, capsys):
-    code, out, err = autoreg_in_process(
-        capsys, "register", "--fixed", bad_inputs["fixed"], "--moving", bad_inputs["ct"], "--bundle", str(BUNDLE),
+def test_very_different_fields_of_view_warn(bad_inputs, tmp_path, autoreg_main):
+    code, out, err = autoreg_main(
+        "register", "--fixed", bad_inputs["fixed"], "--moving", bad_inputs["ct"], "--bundle", str(BUNDLE),
         "--out", str(tmp_path / "out"), "--prealign", "none", "--quiet",
     )  # fmt: skip
     assert code == 0, err[-3000:]

@@ -32,20 +32,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
 
 
-def _autoreg(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """``autoreg_monai.cli:main`` in this process: (exit code, stdout, stderr)."""
-    from autoreg_monai.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture()
 def phantom_scans(tmp_path) -> dict[str, str]:
     """A generated 32³ pair written as NIfTI (2 mm voxels), for commands that only need some valid scans."""
@@ -118,7 +104,7 @@ def test_a_target_outside_the_allow_list_or_a_macro_outside_the_bundle_is_found(
     assert "debugger#_mode_: debug mode starts the Python debugger" in found
 
 
-def test_a_config_running_code_is_refused_by_register_and_runs_only_when_trusted(tmp_path, capsys, phantom_scans):
+def test_a_config_running_code_is_refused_by_register_and_runs_only_when_trusted(tmp_path, autoreg_main, phantom_scans):
     marker = tmp_path / "marker_config"
     bundle = _copy_bundle(tmp_path)
     config = json.loads((bundle / "configs" / "inference.json").read_text())
@@ -126,15 +112,13 @@ def test_a_config_running_code_is_refused_by_register_and_runs_only_when_trusted
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     args = ["--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"], "--bundle", str(bundle)]
     out = tmp_path / "out"
-    code, _, err = _autoreg(capsys, "register", *args, "--out", str(out), "--prealign", "none", "--quiet")
+    code, _, err = autoreg_main("register", *args, "--out", str(out), "--prealign", "none", "--quiet")
     assert code == 1, err[-2000:]
     assert "refused, its configs would run code outside the allowed packages" in err
     assert "inference.json: run#0: builtin __import__ is not allowed" in err and "--trust-bundle" in err
     assert not marker.exists() and not out.exists()
     # the same bundle, trusted: the payload is real (it runs), so the refusal above is what protected us
-    code, _, err = _autoreg(
-        capsys, "register", *args, "--out", str(out), "--prealign", "none", "--quiet", "--trust_bundle"
-    )
+    code, _, err = autoreg_main("register", *args, "--out", str(out), "--prealign", "none", "--quiet", "--trust_bundle")
     assert code == 0, err[-2000:]
     assert marker.exists()
 
@@ -149,15 +133,15 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
-def test_a_pickle_bearing_model_is_refused_without_running_it(tmp_path, capsys, phantom_scans):
+def test_a_pickle_bearing_model_is_refused_without_running_it(tmp_path, autoreg_main, phantom_scans):
     marker = tmp_path / "marker_pickle"
     bundle = _copy_bundle(tmp_path)
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
     torch.save({**weights, "payload": _Payload(marker)}, bundle / "models" / "model.pt")
     for trusted in ([], ["--trust_bundle"]):  # trusting the configs does not extend to pickled code
         out = tmp_path / f"out{len(trusted)}"
-        code, _, err = _autoreg(
-            capsys, "register", "--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"],
+        code, _, err = autoreg_main(
+            "register", "--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"],
             "--bundle", str(bundle), "--out", str(out), "--quiet", *trusted,
         )  # fmt: skip
         assert code == 1, err[-2000:]
@@ -200,20 +184,14 @@ TINY_SEARCH = {
 }
 
 
-def _searcher(output_dir: Path, **overrides):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(REPO_ROOT / SEARCH_CONFIG)
-    parser.update({**TINY_SEARCH, "output_dir": str(output_dir), **overrides})
-    parser.parse()
-    searcher = parser.get_parsed_content("searcher")
-    searcher.progress = False
-    return searcher
+@pytest.fixture(scope="session")
+def tiny_searcher(brain_t1_searcher):
+    """``make(output_dir, **overrides)``: the brain_t1 search shrunk to :data:`TINY_SEARCH`."""
+    return lambda output_dir, **overrides: brain_t1_searcher(output_dir, **{**TINY_SEARCH, **overrides})
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_search(tmp_path_factory) -> tuple[Path, float]:
+def uninterrupted_search(tmp_path_factory, tiny_searcher) -> tuple[Path, float]:
     """The tiny search run once without a crash: (its output folder, seconds it took)."""
     import time
 
@@ -221,12 +199,14 @@ def uninterrupted_search(tmp_path_factory) -> tuple[Path, float]:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO_ROOT)
         start = time.perf_counter()
-        _searcher(folder).run()
+        tiny_searcher(folder).run()
         seconds = time.perf_counter() - start
     return folder, seconds
 
 
-def test_a_search_killed_at_a_random_moment_resumes_to_the_same_genotype(tmp_path, uninterrupted_search, monkeypatch):
+def test_a_search_killed_at_a_random_moment_resumes_to_the_same_genotype(
+    tmp_path, tiny_searcher, uninterrupted_search, monkeypatch
+):
     import random
     import signal
     import time
@@ -253,23 +233,25 @@ def test_a_search_killed_at_a_random_moment_resumes_to_the_same_genotype(tmp_pat
     assert process.returncode == -signal.SIGKILL
     assert not (out / "genotype.json").exists(), f"the run finished before the kill ({delay:.2f} s)"
     monkeypatch.chdir(REPO_ROOT)
-    _searcher(out, resume="auto").run()
+    tiny_searcher(out, resume="auto").run()
     resumed = json.loads((out / "genotype.json").read_text())
     assert resumed == expected, f"killed {delay:.2f} s after the first checkpoint"
 
 
-def test_a_truncated_checkpoint_is_skipped_with_a_warning(tmp_path, uninterrupted_search, monkeypatch, caplog):
+def test_a_truncated_checkpoint_is_skipped_with_a_warning(
+    tmp_path, tiny_searcher, uninterrupted_search, monkeypatch, caplog
+):
     folder, _ = uninterrupted_search
     expected = json.loads((folder / "search" / "feature" / "genotype.json").read_text())
     monkeypatch.chdir(REPO_ROOT)
-    searcher = _searcher(tmp_path)
+    searcher = tiny_searcher(tmp_path)
     searcher.run_stage("feature")
     stage = tmp_path / "search" / "feature"
     (stage / "genotype.json").unlink()  # as if the run died after its last checkpoint
     newest = stage / "checkpoint_3.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a disk that filled up mid-write
     with caplog.at_level("WARNING"):
-        _searcher(tmp_path, resume="auto").run_stage("feature")  # epoch 3 again, from checkpoint_2.pt
+        tiny_searcher(tmp_path, resume="auto").run_stage("feature")  # epoch 3 again, from checkpoint_2.pt
     assert f"skipping the damaged checkpoint {newest}" in caplog.text
     assert "resuming from an older one" in caplog.text
     assert json.loads((stage / "genotype.json").read_text()) == expected
@@ -299,9 +281,9 @@ class _PoisonedLoader:
             yield batch
 
 
-def test_a_nan_batch_is_skipped_and_logged_and_the_search_goes_on(tmp_path, monkeypatch, caplog):
+def test_a_nan_batch_is_skipped_and_logged_and_the_search_goes_on(tmp_path, tiny_searcher, monkeypatch, caplog):
     monkeypatch.chdir(REPO_ROOT)
-    searcher = _searcher(tmp_path, max_epochs=2, warmup_epochs=0)
+    searcher = tiny_searcher(tmp_path, max_epochs=2, warmup_epochs=0)
     searcher.train_loader = _PoisonedLoader(searcher.train_loader, lambda index: index == 1)
     with caplog.at_level("WARNING"):
         searcher.run_stage("feature")
@@ -340,11 +322,11 @@ def test_training_skips_nan_steps_and_stops_after_k_in_a_row(caplog):
     assert changed and all(torch.isfinite(v).all() for v in net.state_dict().values())  # only the good step moved ω
 
 
-def test_consecutive_nan_batches_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_consecutive_nan_batches_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, tiny_searcher, monkeypatch):
     from autoreg_monai.numerical_guard import NumericalFaultError
 
     monkeypatch.chdir(REPO_ROOT)
-    searcher = _searcher(tmp_path, max_epochs=3, warmup_epochs=0)
+    searcher = tiny_searcher(tmp_path, max_epochs=3, warmup_epochs=0)
     searcher.max_bad_steps = 2
     epoch_length = len(searcher.train_loader)
     state = {"batches": 0}
@@ -445,11 +427,11 @@ BAD_CASES = ["missing", "truncated", "zero-size", "unreadable", "2-D", "4-D", "c
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_a_bad_datalist_is_refused_by_the_cli_before_any_work(bad_datalists, tmp_path, capsys, case):
+def test_a_bad_datalist_is_refused_by_the_cli_before_any_work(bad_datalists, tmp_path, autoreg_main, case):
     dataset, message = bad_datalists[case]
     out = tmp_path / "search_out"
-    code, _, err = _autoreg(
-        capsys, "search", "--bundle", str(REPO_ROOT / "bundles" / "brain_t1"), "--dataset_dir", str(dataset),
+    code, _, err = autoreg_main(
+        "search", "--bundle", str(REPO_ROOT / "bundles" / "brain_t1"), "--dataset_dir", str(dataset),
         "--output_dir", str(out), "--quiet",
     )  # fmt: skip
     assert code == 1, err[-2000:]
@@ -498,25 +480,25 @@ def test_the_memory_estimate_grows_with_voxels_and_channels_and_suggests_a_grid_
     resources.check_memory("the search", "search", (160, 192, 224), [8, 16], [16, 16, 8])
 
 
-def test_a_search_that_cannot_fit_is_refused_before_its_first_step(tmp_path, monkeypatch):
+def test_a_search_that_cannot_fit_is_refused_before_its_first_step(tmp_path, tiny_searcher, monkeypatch):
     from autoreg_monai import resources
 
     monkeypatch.chdir(REPO_ROOT)
     monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 64 * 2**20)
-    searcher = _searcher(tmp_path)
+    searcher = tiny_searcher(tmp_path)
     with pytest.raises(resources.InsufficientMemoryError, match="the feature stage of the search: at 16x16x16 voxels"):
         searcher.run()
     assert not (tmp_path / "search").exists()
 
 
-def test_a_registration_that_cannot_fit_is_refused_by_the_cli(sample_data, tmp_path, monkeypatch, capsys):
+def test_a_registration_that_cannot_fit_is_refused_by_the_cli(sample_data, tmp_path, monkeypatch, autoreg_main):
     from autoreg_monai import resources
 
     monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 2**28)
     out = tmp_path / "out"
     fixed, moving = _ixi(sample_data, "IXI012", "T1w"), _ixi(sample_data, "IXI013", "T1w")
-    code, _, err = _autoreg(
-        capsys, "register", "--fixed", fixed, "--moving", moving, "--bundle", str(REPO_ROOT / "bundles" / "brain_t1"),
+    code, _, err = autoreg_main(
+        "register", "--fixed", fixed, "--moving", moving, "--bundle", str(REPO_ROOT / "bundles" / "brain_t1"),
         "--out", str(out), "--quiet",
     )  # fmt: skip
     assert code == 1, err[-2000:]

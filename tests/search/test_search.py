@@ -53,14 +53,10 @@ class _On:
         engine.add_event_handler(self.event, self.fn)
 
 
-def _searcher(output_dir, **overrides):
-    parser = ConfigParser()
-    parser.read_config(REPO_ROOT / SEARCH_CONFIG)
-    parser.update({**SMALL, "output_dir": str(output_dir), **overrides})
-    parser.parse()
-    searcher = parser.get_parsed_content("searcher")
-    searcher.progress = False
-    return searcher
+@pytest.fixture()
+def make_searcher(brain_t1_searcher):
+    """``make(output_dir, **overrides)``: the brain_t1 search shrunk to :data:`SMALL`."""
+    return lambda output_dir, **overrides: brain_t1_searcher(output_dir, **{**SMALL, **overrides})
 
 
 @pytest.fixture()
@@ -68,8 +64,8 @@ def at_repo_root(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # the bundle's % references are relative to the working directory
 
 
-def test_short_search_moves_alpha_and_writes_outputs(tmp_path, at_repo_root):
-    genotype = _searcher(tmp_path).run()
+def test_short_search_moves_alpha_and_writes_outputs(tmp_path, make_searcher, at_repo_root):
+    genotype = make_searcher(tmp_path).run()
     assert Genotype.from_json(tmp_path / "genotype.json") == genotype
     net = AutoRegNet(genotype, feature_channels=(4, 8), deformation_channels=(8, 8, 4))
     ddf, _ = net(torch.rand(1, 1, 24, 24, 24), torch.rand(1, 1, 24, 24, 24))
@@ -86,7 +82,7 @@ def test_short_search_moves_alpha_and_writes_outputs(tmp_path, at_repo_root):
         Genotype.from_json(tmp_path / "search" / stage / "genotype.json")
 
 
-def test_killed_stage_resumes_from_its_checkpoint_with_identical_state(tmp_path, at_repo_root):
+def test_killed_stage_resumes_from_its_checkpoint_with_identical_state(tmp_path, make_searcher, at_repo_root):
     """Crash during epoch 2; the restarted run starts epoch 2 with exactly the saved ω, α, λ."""
 
     class Crash(RuntimeError):
@@ -96,7 +92,7 @@ def test_killed_stage_resumes_from_its_checkpoint_with_identical_state(tmp_path,
         if engine.state.epoch == 2:
             raise Crash("simulated crash")
 
-    searcher = _searcher(tmp_path)
+    searcher = make_searcher(tmp_path)
     searcher.handlers = [_On(Events.ITERATION_COMPLETED, crash_in_epoch_two)]
     with pytest.raises(Crash):
         searcher.run_stage("feature")
@@ -112,7 +108,7 @@ def test_killed_stage_resumes_from_its_checkpoint_with_identical_state(tmp_path,
         seen["state"] = {k: v.detach().clone() for k, v in engine.network.state_dict().items()}
         seen["optimizer"] = copy.deepcopy(engine.upper_optimizer.state_dict())  # later steps update it in place
 
-    resumed = _searcher(tmp_path, resume=True)
+    resumed = make_searcher(tmp_path, resume=True)
     resumed.handlers = [_On(Events.EPOCH_STARTED, capture)]
     resumed.keep_checkpoints = 1  # the killed run's checkpoint_1.pt must go too
     resumed.run_stage("feature")
@@ -152,7 +148,7 @@ def test_search_config_parses(at_repo_root):
     assert parser["bundle_root"] == "bundles/brain_t1"
 
 
-def test_search_runs_on_a_user_datalist_of_real_scans(tmp_path, sample_data, at_repo_root):
+def test_search_runs_on_a_user_datalist_of_real_scans(tmp_path, make_searcher, sample_data, at_repo_root):
     """`--dataset_dir` with a datalist.json of real IXI T1 scans and DLMUSE labels (pairwise pairing)."""
     subjects = ["IXI012-HH-1211", "IXI013-HH-1212", "IXI014-HH-1236", "IXI033-HH-1259"]
     folder = sample_data / "ixi_dlmuse"
@@ -164,7 +160,7 @@ def test_search_runs_on_a_user_datalist_of_real_scans(tmp_path, sample_data, at_
     dataset.mkdir()
     datalist = {"training": [item(s) for s in subjects[:2]], "validation": [item(s) for s in subjects[2:]]}
     (dataset / "datalist.json").write_text(json.dumps(datalist))
-    searcher = _searcher(tmp_path / "out", dataset_dir=str(dataset), pairing="pairwise", max_epochs=1)
+    searcher = make_searcher(tmp_path / "out", dataset_dir=str(dataset), pairing="pairwise", max_epochs=1)
     genotype = searcher.run_stage("feature")
     history = json.loads((tmp_path / "out" / "search" / "feature" / "history.json").read_text())
     assert len(history) == 1 and np.isfinite(history[0]["loss"]) and np.isfinite(history[0]["upper_loss"])

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from autoreg_monai.distributed import any_rank, is_distributed
+
 __all__ = ["NumericalFaultError", "NumericalGuard", "non_finite"]
 
 logger = logging.getLogger(__name__)
@@ -64,8 +66,17 @@ class NumericalGuard:
         self._problem: str | None = None
 
     def passed(self, engine: Any, step: str, pair: str, named: Iterable[tuple[str, torch.Tensor | None]]) -> bool:
-        """Whether ``step`` may be applied: ``True`` if every tensor of ``named`` is finite, else log and ``False``."""
+        """Whether ``step`` may be applied: ``True`` if every tensor of ``named`` is finite, else log and ``False``.
+
+        Under ``torchrun`` the answer is the same on every rank: a step is skipped everywhere when any rank
+        sees a non-finite value (a collective, so every rank must ask).
+        """
+        named = list(named)
         bad = non_finite(named)
+        if is_distributed():
+            device = next((v.device for _, v in named if v is not None), torch.device("cpu"))
+            if any_rank(bool(bad), device) and not bad:
+                bad = ["values on another rank"]
         if not bad:
             return True
         self.skipped += 1

@@ -19,9 +19,13 @@
 3. A profile of one search iteration (torch.profiler, the ``autoreg::`` scopes of the search code): the
    virtual step, the upper gradient at ω', the finite-difference Hessian-vector product, the ω step, and
    how much of it is spent in the forward passes of the mixed operations.
+4. With ``--nproc N``: the search epoch of part 1 under ``configs/multi_gpu_search.json`` with 1 and with N
+   processes (gloo on CPU, each rank ``cores / N`` threads; then nccl, one GPU per rank, when N GPUs exist):
+   seconds per iteration, pairs per second, speed-up.
 
     python benchmarks/search_cost.py                 # brain_t1 at its defaults (about 45 min on 2 cores)
     python benchmarks/search_cost.py --skip_whole    # parts 1 and 3 only (a few minutes)
+    python benchmarks/search_cost.py --nproc 2 --parts distributed   # part 4 only: 1 vs 2 processes
     python benchmarks/search_cost.py --override spatial_size=[16,16,16] --skip_whole --out /tmp/cost.json
 """
 
@@ -29,13 +33,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 from _common import machine, peak_rss_mib, run_isolated, write_json  # benchmarks/ is on sys.path
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, create_workflow
@@ -103,12 +110,18 @@ class IterationProfiler:
         return {key: {"seconds": e.cpu_time_total / 1e6, "calls": e.count} for key, e in sorted(events.items())}
 
 
-def _workflow(bundle: str, config: str, run_id: str, overrides: dict[str, Any], profile: bool) -> dict[str, Any]:
+PARTS = ("epochs", "whole", "profile", "distributed")
+
+
+def _workflow(
+    bundle: str, config: str, run_id: str, overrides: dict[str, Any], profile: bool, overlay: str | None = None
+) -> dict[str, Any]:
     """Run one workflow of ``bundle`` in this process (from the repository root), timing its epochs."""
     os.chdir(REPO_ROOT)
     folder = Path("bundles") / bundle / "configs"
+    files = [str(folder / f"{config}.json")] + ([str(folder / f"{overlay}.json")] if overlay else [])
     workflow = create_workflow(
-        config_file=str(folder / f"{config}.json"),
+        config_file=files if overlay else files[0],
         meta_file=str(folder / "metadata.json"),
         logging_file=False,
         run_id=run_id,
@@ -212,19 +225,80 @@ def search_profile(bundle: str, overrides: dict[str, Any], work: Path) -> dict[s
     return {"iteration": result["profiled_iteration"], "step_seconds": step_total, "parts": parts}
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rank(rank: int, world: int, port: int, threads: int, settings: dict[str, Any], bundle: str, out: str) -> None:
+    """One rank of part 4: the environment ``torchrun`` would give, then the search stage with the overlay."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(threads)
+    run = _workflow(bundle, "search", "search_feature", settings, profile=False, overlay="multi_gpu_search")
+    if rank == 0:
+        Path(out).write_text(json.dumps(run))
+
+
+def distributed_costs(bundle: str, overrides: dict[str, Any], work: Path, nproc: int) -> dict[str, Any]:
+    """Part 4: the second search epoch (feature stage) with 1 and ``nproc`` processes, on CPU and on GPUs."""
+    pairs = overrides.get("max_pairs", _config_value(bundle, "search", "max_pairs"))
+    cores = os.cpu_count() or 1
+    devices = ["cpu"] + (["cuda"] if torch.cuda.device_count() >= nproc else [])
+    rows = []
+    for device in devices:
+        for world in (1, nproc):
+            settings = {**overrides, "warmup_epochs": 0, "patience": 1000, "max_epochs": 2}
+            settings["output_dir"] = str(work / f"dist_{device}_{world}")
+            if device == "cuda":
+                settings.pop("device", None)  # the overlay's cuda:LOCAL_RANK
+            else:
+                settings["device"] = "cpu"
+            threads = max(cores // world, 1) if device == "cpu" else torch.get_num_threads()
+            out = work / f"dist_{device}_{world}.json"
+            mp.start_processes(
+                _rank,
+                args=(world, _free_port(), threads, settings, bundle, str(out)),
+                nprocs=world,
+                start_method="fork" if device == "cpu" else "spawn",
+            )
+            epoch = json.loads(out.read_text())["epoch_seconds"][1]
+            iterations = math.ceil(pairs / world)
+            rows.append(
+                {
+                    "device": device,
+                    "processes": world,
+                    "threads_per_process": threads,
+                    "epoch_seconds": epoch,
+                    "iterations_per_epoch": iterations,
+                    "seconds_per_iteration": epoch / iterations,
+                    "pairs_per_second": pairs / epoch,
+                }
+            )
+            print(f"distributed {device} x{world}: epoch {epoch:.1f} s", flush=True)
+    for row in rows:
+        single = next(r for r in rows if r["device"] == row["device"] and r["processes"] == 1)
+        row["speedup"] = single["epoch_seconds"] / row["epoch_seconds"]
+    return {"pairs_per_epoch": pairs, "rows": rows}
+
+
 def tables(result: dict[str, Any]) -> str:
     """The results as markdown tables."""
-    epochs = result["epochs"]
-    lines = [
-        "| one epoch | seconds | peak RSS MiB | pairs |",
-        "|---|---|---|---|",
-        *(
-            f"| {kind} | {epochs[kind]['epoch_seconds']:.2f} | {epochs[kind]['peak_rss_mib']:.0f} | "
-            f"{epochs[kind]['pairs_per_epoch']} |"
-            for kind in ("search", "train")
-        ),
-        f"| ratio search / train | {epochs['ratio_search_to_train_epoch']:.2f} | | |",
-    ]
+    lines: list[str] = []
+    epochs = result.get("epochs")
+    if epochs is not None:
+        lines += [
+            "| one epoch | seconds | peak RSS MiB | pairs |",
+            "|---|---|---|---|",
+            *(
+                f"| {kind} | {epochs[kind]['epoch_seconds']:.2f} | {epochs[kind]['peak_rss_mib']:.0f} | "
+                f"{epochs[kind]['pairs_per_epoch']} |"
+                for kind in ("search", "train")
+            ),
+            f"| ratio search / train | {epochs['ratio_search_to_train_epoch']:.2f} | | |",
+        ]
     if "whole" in result:
         whole = result["whole"]
         lines += [
@@ -235,17 +309,30 @@ def tables(result: dict[str, Any]) -> str:
             f"| train-evaluation | {whole['train']['seconds']:.1f} | {whole['train']['peak_rss_mib']:.0f} |",
             f"| ratio search / train | {whole['ratio_search_to_train']:.2f} | |",
         ]
-    profile = result["profile"]
-    lines += [
-        "",
-        f"| search step part (iteration {profile['iteration']}) | seconds | calls | share of step |",
-        "|---|---|---|---|",
-    ]
-    for name, part in profile["parts"].items():
-        share = f"{part['share_of_step']:.1%}" if part["share_of_step"] is not None else "-"
-        label = f"{name} (forward, inside the parts above)" if name == "mixed_op" else name
-        lines.append(f"| {label} | {part['seconds']:.2f} | {part['calls']} | {share} |")
-    return "\n".join(lines)
+    profile = result.get("profile")
+    if profile is not None:
+        lines += [
+            "",
+            f"| search step part (iteration {profile['iteration']}) | seconds | calls | share of step |",
+            "|---|---|---|---|",
+        ]
+        for name, part in profile["parts"].items():
+            share = f"{part['share_of_step']:.1%}" if part["share_of_step"] is not None else "-"
+            label = f"{name} (forward, inside the parts above)" if name == "mixed_op" else name
+            lines.append(f"| {label} | {part['seconds']:.2f} | {part['calls']} | {share} |")
+    if "distributed" in result:
+        lines += [
+            "",
+            f"| search epoch ({result['distributed']['pairs_per_epoch']} pairs) | processes | threads each | "
+            "s per iteration | pairs per s | speed-up |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {r['device']} | {r['processes']} | {r['threads_per_process']} | {r['seconds_per_iteration']:.2f} | "
+                f"{r['pairs_per_second']:.3f} | {r['speedup']:.2f} |"
+                for r in result["distributed"]["rows"]
+            ),
+        ]
+    return "\n".join(lines).strip("\n")
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -263,16 +350,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bundle", default="brain_t1", help="a bundle under bundles/")
     parser.add_argument("--override", action="append", default=[], help="bundle config override key=JSON value")
     parser.add_argument("--skip_whole", action="store_true", help="leave out the whole default runs (part 2)")
+    parser.add_argument("--nproc", type=int, default=1, help="part 4: also time the search epoch with N processes")
+    parser.add_argument(
+        "--parts", default=None, help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all that apply)"
+    )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file written")
     args = parser.parse_args(argv)
+    parts = set(PARTS) if args.parts is None else set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        raise SystemExit(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
+    if args.skip_whole:
+        parts.discard("whole")
+    if args.nproc < 2:
+        parts.discard("distributed")
     overrides = {"device": "cpu", **dict(_parse_override(o) for o in args.override)}
     with tempfile.TemporaryDirectory(prefix="search_cost_") as folder:
         work = Path(folder)
         result: dict[str, Any] = {"benchmark": "search_cost", "bundle": args.bundle, "overrides": overrides}
-        result["epochs"] = epoch_costs(args.bundle, overrides, work)
-        if not args.skip_whole:
+        if "epochs" in parts:
+            result["epochs"] = epoch_costs(args.bundle, overrides, work)
+        if "whole" in parts:
             result["whole"] = whole_costs(args.bundle, overrides, work)
-        result["profile"] = search_profile(args.bundle, overrides, work)
+        if "profile" in parts:
+            result["profile"] = search_profile(args.bundle, overrides, work)
+        if "distributed" in parts:
+            result["distributed"] = distributed_costs(args.bundle, overrides, work, args.nproc)
     result["machine"] = machine("cpu")
     print(tables(result))
     print(f"wrote {write_json(result, args.out)}")

@@ -77,6 +77,27 @@ def test_search_cost_reports_epochs_and_the_profile(tmp_path):
     assert abs(sum(shares) + parts["weight_step"]["share_of_step"] - 1.0) < 1e-6
 
 
+def test_search_cost_times_one_and_two_processes(tmp_path):
+    out = tmp_path / "dist.json"
+    small = ["spatial_size=[16,16,16]", "search_feature_channels=[4,8]", "search_deformation_channels=[8,8,4]",
+             "max_pairs=2", 'demo_options={"num_training":2,"num_validation":2,"num_test":1,"size":16}']  # fmt: skip
+    result = _run(
+        "search_cost.py", "--nproc", "2", "--parts", "distributed",
+        *[x for o in small for x in ("--override", o)], "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| cpu | 2 |" in result.stdout
+    report = json.loads(out.read_text())
+    assert set(report) >= {"distributed", "machine"} and "epochs" not in report
+    rows = {(r["device"], r["processes"]): r for r in report["distributed"]["rows"]}
+    assert {("cpu", 1), ("cpu", 2)} <= set(rows)
+    assert rows[("cpu", 1)]["iterations_per_epoch"] == 2 and rows[("cpu", 2)]["iterations_per_epoch"] == 1
+    for row in rows.values():
+        assert row["epoch_seconds"] > 0 and row["seconds_per_iteration"] > 0 and row["pairs_per_second"] > 0
+    assert rows[("cpu", 1)]["speedup"] == 1.0
+    assert rows[("cpu", 2)]["threads_per_process"] == max((os.cpu_count() or 1) // 2, 1)
+
+
 def test_accuracy_scores_every_method_on_a_real_pair(sample_data, tmp_path):
     ixi = sample_data / "ixi_dlmuse"
     pair_sets = {

@@ -30,7 +30,7 @@ def test_demo_registers_the_phantom_and_writes_a_loadable_model(tmp_path):
         "--size",
         "32",
         "--steps",
-        "50",
+        "100",
         "--genotype",
         str(tmp_path / "genotype.json"),
         "--out",
@@ -41,11 +41,12 @@ def test_demo_registers_the_phantom_and_writes_a_loadable_model(tmp_path):
     assert "dice" in result.stdout and "folding_percent" in result.stdout
     report = json.loads((out / "demo.json").read_text())
     print(
-        f"\ndemo 32^3, 50 steps: Dice {report['before']['dice']:.3f} -> {report['after']['dice']:.3f}, "
+        f"\ndemo 32^3, 100 steps: Dice {report['before']['dice']:.3f} -> {report['after']['dice']:.3f}, "
         f"NCC {report['before']['ncc']:.3f} -> {report['after']['ncc']:.3f}, "
         f"folding {report['after']['folding_percent']:.3f} %"
     )
-    assert report["after"]["dice"] > report["before"]["dice"] + 0.08  # 0.79 -> 0.91 on this seed
+    # 0.79 -> 0.93 on this seed (the default 100 steps; after 50 steps 0.86-0.91 depending on the CPU's kernels)
+    assert report["after"]["dice"] > report["before"]["dice"] + 0.08
     assert report["after"]["ncc"] > report["before"]["ncc"]
     assert report["after"]["folding_percent"] < 0.5
     assert load_model(out / "model.pt").genotype() == genotype

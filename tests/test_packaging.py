@@ -107,3 +107,14 @@ def test_bundles_without_weights_or_archives_without_manifest(tmp_path, bundle):
         fetch_bundle(plain, tmp_path / "out")
     with pytest.raises(ValueError, match="bundle archive not found"):
         fetch_bundle(tmp_path / "missing.zip", tmp_path / "out")
+
+
+def test_shared_multi_gpu_overlays_are_packed_as_plain_files(tmp_path):
+    source = REPO_ROOT / "bundles" / "brain_t1"
+    assert (source / "configs" / "multi_gpu_search.json").is_symlink()  # one shared file in the repository
+    archive, _ = package_bundle(source, tmp_path / "brain_t1.zip")
+    fetched = fetch_bundle(archive, tmp_path / "bundles")
+    for name in ("multi_gpu_search.json", "multi_gpu_train.json"):
+        copy = fetched / "configs" / name
+        assert copy.is_file() and not copy.is_symlink()
+        assert copy.read_bytes() == (REPO_ROOT / "bundles" / "multi_gpu" / name).read_bytes()

@@ -13,6 +13,9 @@ A checkpoint is written to a temporary file, flushed to disk (``fsync``) and ren
 moment leaves the previous checkpoints intact; resuming takes the newest one that loads and skips (with a
 warning) one that does not, e.g. a file truncated by a full disk. With the random generators restored, a
 resumed run draws the same shuffles as an uninterrupted one and ends with the same result.
+
+Under ``torchrun`` only rank 0 writes, prunes and cleans up; every rank resumes from the checkpoint rank 0
+chose (so ``save_dir`` must be on a file system every rank can read).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader
 
+from autoreg_monai.distributed import broadcast_object, is_main_process
 from autoreg_monai.io import atomic_write
 
 __all__ = [
@@ -64,7 +68,8 @@ class AtomicDiskSaver(BaseSaveHandler):
     """ignite save handler writing ``torch.save`` output through :func:`~autoreg_monai.io.atomic_write`.
 
     Unlike ignite's ``DiskSaver(atomic=True)``, the data is ``fsync``-ed before the rename, so that a power
-    loss cannot leave a complete-looking name pointing to unwritten blocks.
+    loss cannot leave a complete-looking name pointing to unwritten blocks. As ignite's, it writes on rank 0
+    only under ``torchrun``.
 
     Args:
         dirname: folder of the checkpoints (created if missing).
@@ -72,14 +77,17 @@ class AtomicDiskSaver(BaseSaveHandler):
 
     def __init__(self, dirname: str | Path) -> None:
         self.dirname = Path(dirname)
-        self.dirname.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            self.dirname.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        with atomic_write(self.dirname / filename, "wb") as handle:
-            torch.save(checkpoint, handle)
+        if is_main_process():
+            with atomic_write(self.dirname / filename, "wb") as handle:
+                torch.save(checkpoint, handle)
 
     def remove(self, filename: str) -> None:
-        (self.dirname / filename).unlink(missing_ok=True)
+        if is_main_process():
+            (self.dirname / filename).unlink(missing_ok=True)
 
 
 class RandomStates:
@@ -187,9 +195,11 @@ class ResumableCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         state = {**self.save_dict, "random_states": RandomStates(), "trainer": engine}
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        remove_temporary_files(self.save_dir)
-        latest = latest_checkpoint(self.save_dir) if self.resume else None
+        main = is_main_process()
+        if main:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            remove_temporary_files(self.save_dir)
+        latest = broadcast_object(latest_checkpoint(self.save_dir) if self.resume and main else None)
         if latest is not None:
             CheckpointLoader(load_path=str(latest), load_dict=state, map_location=self.map_location).attach(engine)
             logger.info(f"resuming from {latest}")
@@ -207,6 +217,8 @@ class ResumableCheckpoint:
 
     def clear(self, engine: Engine | None = None) -> None:
         """Remove the checkpoints of an earlier run: a run started from scratch must not mix with them."""
+        if not is_main_process():
+            return
         stale = _epoch_checkpoints(self.save_dir)
         if stale:
             logger.warning(
@@ -217,4 +229,5 @@ class ResumableCheckpoint:
 
     def prune(self, engine: Engine | None = None) -> None:
         """Delete all but the ``n_saved`` newest epoch checkpoints (also those of a run this one resumed)."""
-        prune_checkpoints(self.save_dir, self.n_saved)
+        if is_main_process():
+            prune_checkpoints(self.save_dir, self.n_saved)

@@ -51,6 +51,10 @@ class RegistrationTrainStep:
         max_grad_norm: clip the gradient norm of ω to this value (``None``: no clipping).
         max_bad_steps: consecutive iterations with a non-finite loss or gradient that stop the training with
             :class:`~autoreg_monai.numerical_guard.NumericalFaultError`; fewer are skipped with a warning.
+        amp: mixed precision: the network's convolutions in bfloat16 under ``torch.autocast`` (on a GPU about
+            half the activation memory), while the field integration, compositions and warps
+            (:func:`~autoreg_monai.networks.blocks.diffeo.full_precision`), the losses and the weights stay
+            float32. bfloat16 has float32's range, so no loss scaling is needed and no step overflows.
 
     The engine output is, as for a decollated MONAI trainer, one dictionary per pair of the batch, each
     ``{"loss": L, "similarity": L_sim at full resolution, "regularization": L_smooth}`` (floats of the
@@ -66,6 +70,7 @@ class RegistrationTrainStep:
         label_weight: float = 0.0,
         max_grad_norm: float | None = None,
         max_bad_steps: int = 5,
+        amp: bool = False,
     ) -> None:
         weights = torch.as_tensor(loss_weights, dtype=torch.float32).detach()
         if weights.shape != (registration_loss.num_terms,):
@@ -81,13 +86,15 @@ class RegistrationTrainStep:
         self.label_weight = float(label_weight)
         self.max_grad_norm = max_grad_norm
         self.guard = NumericalGuard("training", max_bad_steps)
+        self.amp = bool(amp)
 
     def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> Any:
         pair = prepare_pair(batchdata, engine.state.device, engine.non_blocking)
         moving, fixed = pair["moving_image"], pair["fixed_image"]
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        ddf, pyramid = engine.network(moving, fixed)
+        with torch.autocast(device_type=moving.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            ddf, pyramid = engine.network(moving, fixed)  # float32 fields (integrated outside autocast)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         terms = self.registration_loss.terms(moving, fixed, ddf, pyramid)
         loss = (self.loss_weights.to(terms) * terms).sum()

@@ -21,6 +21,10 @@ al. 2019): with ``v = ∇_ω' L_up`` and ``ε = r / ‖v‖``,
 ``∇²_{u,ω} L_tr · v ≈ (∇_u L_tr(ω + εv, u) - ∇_u L_tr(ω - εv, u)) / 2ε``. No second-order autograd graph
 is built and the model is never copied: the virtual weights are passed to the model with
 ``torch.func.functional_call``.
+
+Under ``torchrun`` every gradient is averaged over the ranks as soon as it is computed (``reduce``), so the
+virtual weights, the direction ``v``, the radius ``ε`` and the result are those of the global batch, the same
+on every rank.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ HYPERGRADIENT_ORDERS = ("first", "second")
 one-step-unrolled gradient above."""
 
 LossOfWeights = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+Reduction = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+
+
+def _unreduced(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return list(tensors)
 
 
 def _grads(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -53,6 +62,7 @@ def hypergradient(
     xi: float,
     order: str = "second",
     radius: float = 0.01,
+    reduce: Reduction = _unreduced,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The gradient of the upper objective with respect to the upper variables.
 
@@ -66,10 +76,12 @@ def hypergradient(
         xi: step size ξ of the virtual step.
         order: ``"second"`` (unrolled, with the finite-difference correction) or ``"first"``.
         radius: ``r`` of the finite-difference step ``ε = r / ‖∇_ω' L_up‖``.
+        reduce: applied to every list of gradients (and to the upper loss) right after it is computed; under
+            ``torchrun``, :func:`autoreg_monai.distributed.all_reduce_mean`. Default: unchanged.
 
     Returns:
         ``(grads, value)``: one gradient per upper variable (same shapes) and the detached upper loss
-        (at ω' for ``second``, at ω for ``first``).
+        (at ω' for ``second``, at ω for ``first``), both passed through ``reduce``.
     """
     if order not in HYPERGRADIENT_ORDERS:
         raise ValueError(f"order must be one of {HYPERGRADIENT_ORDERS}, got {order!r}")
@@ -77,23 +89,25 @@ def hypergradient(
     omega = [weights[n] for n in names]
     if order == "first":
         value = upper_loss(weights)
-        return _grads(value, upper), value.detach()
+        *grads, mean_value = reduce([*_grads(value, upper), value.detach()])
+        return grads, mean_value
 
     with record_function("autoreg::virtual_step"):  # scopes named for torch.profiler (benchmarks/search_cost.py)
-        step = _grads(train_loss(weights), omega)
+        step = reduce(_grads(train_loss(weights), omega))
         virtual = {n: (w.detach() - xi * g).requires_grad_(True) for n, w, g in zip(names, omega, step)}
     with record_function("autoreg::upper_gradient"):
         value = upper_loss(virtual)
-        grads = _grads(value, [*upper, *virtual.values()])
+        *grads, value = reduce([*_grads(value, [*upper, *virtual.values()]), value.detach()])
     direct, v = grads[: len(upper)], grads[len(upper) :]
     norm = torch.sqrt(sum((g.double() ** 2).sum() for g in v))
     if norm == 0:  # the upper loss does not see the weights: nothing to correct
-        return direct, value.detach()
+        return direct, value
     eps = radius / float(norm)
     with record_function("autoreg::hessian_vector_product"):
         plus = {n: w.detach() + eps * g for n, w, g in zip(names, omega, v)}
         minus = {n: w.detach() - eps * g for n, w, g in zip(names, omega, v)}
         grad_plus = _grads(train_loss(plus), upper)
         grad_minus = _grads(train_loss(minus), upper)
-    corrected = [d - xi * (gp - gm) / (2 * eps) for d, gp, gm in zip(direct, grad_plus, grad_minus)]
-    return corrected, value.detach()
+        difference = reduce([gp - gm for gp, gm in zip(grad_plus, grad_minus)])  # linear: one reduction
+    corrected = [d - xi * diff / (2 * eps) for d, diff in zip(direct, difference)]
+    return corrected, value

@@ -23,6 +23,11 @@ Outputs in ``output_dir``::
     search/<stage>/history.json         losses, λ and softmax(α) per epoch
     search/<stage>/checkpoint_<epoch>.pt  resumable checkpoints (ω, α, λ, optimisers, engine, handlers)
     search/<stage>/logs/                TensorBoard event files
+
+Under ``torchrun`` (``configs/multi_gpu_search.json``) every rank runs the same stages on its shard of the
+pairs with the gradients averaged over the ranks (:mod:`autoreg_monai.search.trainer`); rank 0 alone writes
+these outputs, and the decisions taken from files (a finished stage, the checkpoint to resume from) are rank
+0's, sent to the others. Resuming needs ``output_dir`` on a file system every rank can read.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from monai.handlers import CheckpointLoader, StatsHandler, TensorBoardStatsHandl
 from monai.utils import set_determinism
 from torch.nn.modules.loss import _Loss
 
+from autoreg_monai.distributed import broadcast_module, broadcast_object, is_main_process
 from autoreg_monai.engines.checkpoint import (
     AtomicDiskSaver,
     RandomStates,
@@ -114,6 +120,8 @@ class AutoRegSearch:
         progress: show a progress bar.
         handlers: more MONAI/ignite handlers (objects with ``attach(engine)``), attached to every stage's engine.
         max_bad_steps: consecutive iterations with a NaN/Inf that stop a stage (fewer are skipped and logged).
+        cudnn_benchmark: on a GPU, let cuDNN time its kernels on the first pair and reuse the fastest (every
+            pair has the working grid); set after each stage's ``set_determinism``, which turns it off.
     """
 
     def __init__(
@@ -142,6 +150,7 @@ class AutoRegSearch:
         progress: bool = True,
         handlers: Sequence[Any] | None = None,
         max_bad_steps: int = 5,
+        cudnn_benchmark: bool = False,
     ) -> None:
         warmup_epochs = max_epochs // 3 if warmup_epochs is None else warmup_epochs
         if max_epochs < 1 or not 0 <= warmup_epochs < max_epochs:
@@ -172,6 +181,7 @@ class AutoRegSearch:
         self.progress = progress
         self.handlers = list(handlers or [])
         self.max_bad_steps = max_bad_steps
+        self.cudnn_benchmark = cudnn_benchmark
 
     @staticmethod
     def _read_genotype(genotype: str | Path | Mapping | Genotype) -> Genotype:
@@ -185,18 +195,28 @@ class AutoRegSearch:
         """The output folder of one stage."""
         return self.output_dir / "search" / SearchStage(stage).value
 
-    def _start_genotype(self, stage: SearchStage) -> Genotype | None:
+    def _start_genotype(self, stage: SearchStage, previous: Genotype | None) -> Genotype | None:
         if stage == SearchStage.FEATURE:
             return None
         if self.genotype is not None:
             return self.genotype
-        previous = self.stage_dir(_PREVIOUS[stage]) / "genotype.json"
-        if not previous.is_file():
+        if previous is not None:
+            return previous
+        path = self.stage_dir(_PREVIOUS[stage]) / "genotype.json"
+        found = broadcast_object(Genotype.from_json(path) if is_main_process() and path.is_file() else None)
+        if found is None:
             raise ValueError(
-                f"the {stage.value} stage starts from the {_PREVIOUS[stage].value} stage's genotype, but {previous} "
+                f"the {stage.value} stage starts from the {_PREVIOUS[stage].value} stage's genotype, but {path} "
                 "does not exist: run the earlier stage first, or give a genotype (--genotype FILE)"
             )
-        return Genotype.from_json(previous)
+        return found
+
+    def _finished_genotype(self, folder: Path) -> Genotype | None:
+        """The genotype of a stage a resumed run already finished (rank 0's file), else ``None``."""
+        if not self.resume:
+            return None
+        path = folder / "genotype.json"
+        return broadcast_object(Genotype.from_json(path) if is_main_process() and path.is_file() else None)
 
     def _build_network(self, stage: SearchStage, start: Genotype | None) -> AutoRegSearchNet:
         if start is None:
@@ -207,15 +227,25 @@ class AutoRegSearch:
             feature_ops=start.feature, deformation_ops=start.deformation, loss_weights=start.loss_weights
         )
 
-    def run_stage(self, stage: SearchStage | str) -> Genotype:
-        """Run one stage (from scratch, or from its newest checkpoint with ``resume``); return its genotype."""
+    def run_stage(self, stage: SearchStage | str, previous: Genotype | None = None) -> Genotype:
+        """Run one stage (from scratch, or from its newest checkpoint with ``resume``); return its genotype.
+
+        Args:
+            stage: the stage.
+            previous: the genotype of the stage before (default: the ``genotype`` given, else the earlier
+                stage's ``genotype.json``).
+        """
         stage = SearchStage(stage)
         folder = self.stage_dir(stage)
-        if self.resume and (folder / "genotype.json").is_file():
+        finished = self._finished_genotype(folder)
+        if finished is not None:
             logger.info(f"{stage.value} stage already finished ({folder / 'genotype.json'}): skipped")
-            return Genotype.from_json(folder / "genotype.json")
+            return finished
         set_determinism(self.seed + list(SearchStage).index(stage))
-        network = self._build_network(stage, self._start_genotype(stage)).to(self.device)
+        if self.cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        network = self._build_network(stage, self._start_genotype(stage, previous)).to(self.device)
+        broadcast_module(network)  # every rank starts from rank 0's ω and α
         spatial_size = _spatial_size(self.train_loader)
         if spatial_size is not None:  # before anything of the stage is written
             check_memory(
@@ -227,7 +257,9 @@ class AutoRegSearch:
                 self.device,
                 batch_size=getattr(self.train_loader, "batch_size", None) or 1,
             )
-        folder.mkdir(parents=True, exist_ok=True)
+        main = is_main_process()
+        if main:
+            folder.mkdir(parents=True, exist_ok=True)
         variables = stage_variables(network, stage)
         make_optimizer = self.hyper_optimizer if stage == SearchStage.OBJECTIVE else self.arch_optimizer
         weight_optimizer = self.weight_optimizer(network.weight_parameters())
@@ -261,41 +293,50 @@ class AutoRegSearch:
             "stopper": stopper,
             "random_states": RandomStates(),
         }
-        remove_temporary_files(folder)
-        latest = latest_checkpoint(folder) if self.resume else None
+        if main:
+            remove_temporary_files(folder)
+        latest = broadcast_object(latest_checkpoint(folder) if self.resume and main else None)
         if latest is not None:
             CheckpointLoader(load_path=str(latest), load_dict=state, map_location=self.device).attach(trainer)
             logger.info(f"{stage.value} stage resumes from {latest}")
-        # order matters: record and decide on stopping before the checkpoint of the epoch is written
-        recorder.attach(trainer)
+        # order matters: record and decide on stopping before the checkpoint of the epoch is written;
+        # α is the same on every rank, so is the stopper's decision
+        if main:
+            recorder.attach(trainer)
         stopper.attach(trainer)
-        saver = Checkpoint(
-            state,
-            AtomicDiskSaver(folder),
-            filename_prefix="",
-            n_saved=None,  # pruned below by epoch, which also covers the checkpoints of a resumed run
-            global_step_transform=lambda engine, _: engine.state.epoch,
-        )
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: prune_checkpoints(folder, self.keep_checkpoints))
-        StatsHandler(iteration_log=False, tag_name=f"search[{stage.value}]").attach(trainer)
-        TensorBoardStatsHandler(log_dir=str(folder / "logs"), iteration_log=False).attach(trainer)
-        StageExporter(network, recorder, folder, title=f"AutoReg search, {stage.value} stage").attach(trainer)
+        if main:
+            saver = Checkpoint(
+                state,
+                AtomicDiskSaver(folder),
+                filename_prefix="",
+                n_saved=None,  # pruned below by epoch, which also covers the checkpoints of a resumed run
+                global_step_transform=lambda engine, _: engine.state.epoch,
+            )
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
+            trainer.add_event_handler(
+                Events.EPOCH_COMPLETED, lambda _: prune_checkpoints(folder, self.keep_checkpoints)
+            )
+            StatsHandler(iteration_log=False, tag_name=f"search[{stage.value}]").attach(trainer)
+            TensorBoardStatsHandler(log_dir=str(folder / "logs"), iteration_log=False).attach(trainer)
+            StageExporter(network, recorder, folder, title=f"AutoReg search, {stage.value} stage").attach(trainer)
         for handler in self.handlers:
             handler.attach(trainer)
-        if self.progress:
+        if self.progress and main:
             ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
         trainer.run()
         genotype = network.genotype()
-        logger.info(f"{stage.value} stage finished after epoch {trainer.state.epoch}:\n{format_genotype(genotype)}")
+        if main:
+            logger.info(f"{stage.value} stage finished after epoch {trainer.state.epoch}:\n{format_genotype(genotype)}")
         return genotype
 
     def run(self) -> Genotype:
-        """Run the three stages in order; write and print the searched genotype."""
-        genotypes = [self.run_stage(stage) for stage in SearchStage]
-        genotype = genotypes[-1]
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        genotype.to_json(self.output_dir / "genotype.json")
-        table = format_genotype(genotype)
-        print(f"\nSearched genotype ({self.output_dir / 'genotype.json'}):\n{table}", flush=True)
+        """Run the three stages in order; write and print the searched genotype (rank 0 under ``torchrun``)."""
+        genotype = self.run_stage(SearchStage.FEATURE)
+        for stage in (SearchStage.DEFORMATION, SearchStage.OBJECTIVE):
+            genotype = self.run_stage(stage, previous=genotype)
+        if is_main_process():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            genotype.to_json(self.output_dir / "genotype.json")
+            table = format_genotype(genotype)
+            print(f"\nSearched genotype ({self.output_dir / 'genotype.json'}):\n{table}", flush=True)
         return genotype

@@ -13,6 +13,11 @@
 Each iteration takes a training pair and the next validation pair (cycling through the validation set),
 updates the stage's upper variable with the hypergradient of :mod:`autoreg_monai.search.hypergrad`
 (after ``warmup_epochs`` of ω-only training), then takes an ordinary step of the network weights ω.
+
+Under ``torchrun`` (``configs/multi_gpu_search.json``) each rank takes its own shard of the pairs and every
+gradient (of ω, α, λ, and inside the hypergradient) is averaged over the ranks before it is used, so ω, α and
+λ stay identical on every rank and follow the global batch: the network is not wrapped in
+``DistributedDataParallel``, whose gradient hooks ``functional_call`` and ``autograd.grad`` bypass.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from autoreg_monai.data.datalist import PAIR_KEYS
+from autoreg_monai.distributed import all_reduce_mean
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
 from autoreg_monai.numerical_guard import NumericalGuard, pair_names
@@ -93,7 +99,8 @@ class AutoRegSearchTrainer(Trainer):
             :class:`~autoreg_monai.numerical_guard.NumericalFaultError`; fewer are skipped with a warning.
 
     The engine output of an iteration is ``{"loss": L_tr before the ω step, "upper_loss": L_up at ω'
-    (nan during warm-up), "skipped": whether a step was skipped for a non-finite value}``.
+    (nan during warm-up), "skipped": whether a step was skipped for a non-finite value}``; under ``torchrun``
+    the losses are averaged over the ranks.
     """
 
     def __init__(
@@ -208,7 +215,14 @@ class AutoRegSearchTrainer(Trainer):
             upper_loss = self._registration(val, learn_weights=False)
         train_loss = self._registration(train, learn_weights=self.stage == SearchStage.OBJECTIVE)
         grads, value = hypergradient(
-            train_loss, upper_loss, weights, self.upper_variables, self.xi, self.order, self.fd_radius
+            train_loss,
+            upper_loss,
+            weights,
+            self.upper_variables,
+            self.xi,
+            self.order,
+            self.fd_radius,
+            reduce=all_reduce_mean,
         )
         named = [("upper loss", value), *((f"hypergradient of {n}", g) for n, g in zip(self._upper_names, grads))]
         if not self.guard.passed(engine, "upper step", pair, named):
@@ -238,7 +252,7 @@ class AutoRegSearchTrainer(Trainer):
 
         with record_function("autoreg::weight_step"):  # a scope for torch.profiler (benchmarks/search_cost.py)
             loss = self._registration(train, learn_weights=False)(weights)
-            grads = torch.autograd.grad(loss, list(weights.values()))
+            *grads, loss = all_reduce_mean([*torch.autograd.grad(loss, list(weights.values())), loss.detach()])
             named = [("loss", loss), *((f"gradient of {n}", g) for n, g in zip(weights, grads))]
             if self.guard.passed(engine, "weight step", pair, named):
                 self.weight_optimizer.zero_grad(set_to_none=True)

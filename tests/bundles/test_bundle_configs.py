@@ -71,6 +71,26 @@ def test_workflow_configs_are_shared_between_bundles(workflow):
         assert text.replace(f"bundles/{bundle}/", "bundles/brain_t1/") == reference
 
 
+@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("workflow", ["search", "train"])
+def test_multi_gpu_overlays_are_shared_and_refer_only_to_defined_ids(bundle, workflow, monkeypatch):
+    overlay = REPO_ROOT / f"bundles/{bundle}/configs/multi_gpu_{workflow}.json"
+    assert overlay.resolve() == (REPO_ROOT / f"bundles/multi_gpu/multi_gpu_{workflow}.json").resolve()
+    monkeypatch.chdir(REPO_ROOT)
+    parser = ConfigParser()
+    parser.read_config([f"bundles/{bundle}/configs/{workflow}.json", str(overlay)])
+    parser.parse()
+    content = parser.get()
+    missing = [ref for ref in ReferenceResolver.find_refs_in_config(content, "") if ref not in parser]
+    assert not missing, f"{workflow}.json + overlay refer to undefined ids {missing}"
+    assert content["train_sampler"]["_target_"] == "DistributedSampler"
+    assert any("init_process_group" in expression for expression in content["initialize"])
+    assert any("destroy_process_group" in expression for expression in content["finalize"])
+    if workflow == "train":
+        assert content["network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+        assert content["validate"]["evaluator"]["network"] == "@network_def"  # validation without DDP's hooks
+
+
 def test_scenarios_differ_where_the_paper_says():
     common = {b: json.loads((REPO_ROOT / f"bundles/{b}/configs/common.json").read_text()) for b in BUNDLES}
     assert {b: (c["scenario"], c["similarity"], c["pairing"]) for b, c in common.items()} == {

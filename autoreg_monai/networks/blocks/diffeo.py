@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import DVF2DDF, Warp
 from torch import nn
 
-__all__ = ["ComposeDDF", "DiffeomorphicTransform", "resize_ddf", "resize_image"]
+__all__ = ["ComposeDDF", "DiffeomorphicTransform", "full_precision", "resize_ddf", "resize_image", "to_full_precision"]
 
 _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -68,6 +68,21 @@ def resize_ddf(ddf: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
     return resize_image(ddf, spatial_size) * scale_t
 
 
+def full_precision(tensor: torch.Tensor) -> torch.autocast:
+    """A region where autocast is off on ``tensor``'s device: fields are integrated and warped in float32.
+
+    Under mixed precision (:class:`~autoreg_monai.engines.RegistrationTrainStep` with ``amp``) the convolutions
+    run in bfloat16 or float16; the integration, compositions and warps stay in float32, whose rounding
+    errors do not compound over the squaring steps.
+    """
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def to_full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 if it is float16/bfloat16 (an autocast output), else unchanged (float64 stays)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 class DiffeomorphicTransform(nn.Module):
     """Exponential of a stationary velocity field by scaling and squaring: ``phi = exp(v)``.
 
@@ -96,9 +111,11 @@ class DiffeomorphicTransform(nn.Module):
             raise ValueError(
                 f"expected a velocity field (B, N, *S) with N = 2 or 3 spatial dims, got {tuple(velocity.shape)}"
             )
-        if self.integrate is None:
-            return velocity
-        ddf: torch.Tensor = self.integrate(velocity)
+        with full_precision(velocity):  # squaring compounds rounding errors: float32 even under autocast
+            velocity = to_full_precision(velocity)
+            if self.integrate is None:
+                return velocity
+            ddf: torch.Tensor = self.integrate(velocity)
         return ddf
 
 
@@ -128,5 +145,7 @@ class ComposeDDF(nn.Module):
             raise ValueError(
                 f"fields to compose must have the same shape, got {tuple(outer.shape)} and {tuple(inner.shape)}"
             )
-        composed: torch.Tensor = inner + self.warp(outer, inner)
+        with full_precision(outer):
+            outer, inner = to_full_precision(outer), to_full_precision(inner)
+            composed: torch.Tensor = inner + self.warp(outer, inner)
         return composed

@@ -38,7 +38,14 @@ from monai.networks.layers import Conv
 from torch import nn
 
 from autoreg_monai.networks.blocks.cells import EDGES_PER_CELL, DeformationCell, FeatureCell
-from autoreg_monai.networks.blocks.diffeo import ComposeDDF, DiffeomorphicTransform, resize_ddf, resize_image
+from autoreg_monai.networks.blocks.diffeo import (
+    ComposeDDF,
+    DiffeomorphicTransform,
+    full_precision,
+    resize_ddf,
+    resize_image,
+    to_full_precision,
+)
 from autoreg_monai.networks.blocks.ops import PRIMITIVES
 from autoreg_monai.networks.genotype import DEFAULT_LOSS_WEIGHTS, Genotype, derive_cell_ops
 
@@ -190,7 +197,9 @@ class AutoRegBase(nn.Module):
                 x = torch.cat([f_m, f_f], dim=1)
             else:
                 coarse = resize_ddf(ddf, size)
-                x = torch.cat([self.feature_warps[s](f_m, coarse), f_f, coarse, resize_image(cell_out, size)], dim=1)
+                with full_precision(f_m):  # warping in float32 under autocast
+                    warped = self.feature_warps[s](to_full_precision(f_m), coarse)
+                x = torch.cat([warped, f_f, coarse, resize_image(cell_out, size)], dim=1)
             cell_out = self.deformation_cells[s](x, edge_alphas(alpha_deformation, s))
             step = self.exponentials[s](self.velocity_heads[s](cell_out))
             ddf = step if coarse is None else self.compositions[s](coarse, step)

@@ -172,3 +172,34 @@ def test_channels_last_network_gives_the_same_field_and_state_dict(spatial_dims)
     assert torch.allclose(fast_field, field, rtol=1e-4, atol=1e-5)
     for a, b in zip(fast_pyramid, pyramid):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_precision_keeps_fields_in_float32_and_close_to_full_precision(pair):
+    from monai.engines import SupervisedTrainer
+
+    from autoreg_monai.engines import RegistrationTrainStep
+
+    torch.manual_seed(0)
+    genotype = Genotype.paper_default()
+    net = AutoRegNet(genotype, feature_channels=(4, 8), deformation_channels=(8, 8, 4), integration_steps=4)
+    moving, fixed = pair
+    with torch.no_grad():
+        reference, _ = net(moving, fixed)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ddf, pyramid = net(moving, fixed)
+    assert ddf.dtype == torch.float32 and all(field.dtype == torch.float32 for field in pyramid)
+    scale = reference.abs().max().item()
+    assert scale > 0 and (ddf - reference).abs().max().item() < 0.05 * scale  # bfloat16 convolutions, float32 rest
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    step = RegistrationTrainStep(RegistrationLoss("lncc", num_scales=2), genotype.loss_weights, amp=True)
+    data = [{"moving_image": moving, "fixed_image": fixed}] * 2
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3), loss_function=None, iteration_update=step,
+        decollate=False,
+    )  # fmt: skip
+    trainer.run()
+    assert step.guard.skipped == 0 and torch.isfinite(torch.tensor(trainer.state.output[0]["loss"]))
+    assert all(v.dtype == before[k].dtype for k, v in net.state_dict().items())  # weights stay float32
+    assert any(not torch.equal(v, before[k]) for k, v in net.state_dict().items())

@@ -83,3 +83,17 @@ def test_fixed_net_labels_and_metrics_on_cuda(pair, tmp_path):
         torch.testing.assert_close(
             loaded(moving.cpu(), fixed.cpu())[0], net(moving, fixed)[0].cpu(), atol=1e-4, rtol=1e-3
         )
+
+
+def test_mixed_precision_forward_on_cuda_keeps_float32_fields_near_the_full_precision_ones(pair):
+    _enable_tf32(False)
+    net = AutoRegNet(Genotype.paper_default(), channels_last=True).cuda()
+    for head in net.velocity_heads:
+        torch.nn.init.normal_(head.weight, std=0.05)
+    moving, fixed = pair["moving_image"].cuda(), pair["fixed_image"].cuda()
+    with torch.no_grad():
+        reference, _ = net(moving, fixed)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            ddf, pyramid = net(moving, fixed)
+    assert ddf.dtype == torch.float32 and all(field.dtype == torch.float32 for field in pyramid)
+    assert (ddf - reference).abs().max().item() < 0.05 * reference.abs().max().item()

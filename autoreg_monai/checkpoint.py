@@ -21,6 +21,7 @@ Only the network classes of :data:`MODEL_CLASSES` can be rebuilt: a file never n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,15 @@ from autoreg_monai.io import atomic_write
 from autoreg_monai.networks.genotype import Genotype
 from autoreg_monai.networks.nets.autoregnet import AutoRegBase, AutoRegNet, AutoRegSearchNet
 
-__all__ = ["MODEL_CLASSES", "MODEL_FORMAT", "MODEL_FORMAT_VERSION", "load_model", "read_model_file", "save_model"]
+__all__ = [
+    "MODEL_CLASSES",
+    "MODEL_FORMAT",
+    "MODEL_FORMAT_VERSION",
+    "load_model",
+    "read_model_file",
+    "save_model",
+    "weights_mismatch",
+]
 
 MODEL_FORMAT = "autoreg_monai.model"
 MODEL_FORMAT_VERSION = 1
@@ -116,3 +125,22 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Au
     if net.genotype().feature != stored.feature or net.genotype().deformation != stored.deformation:
         raise ValueError(f"{path}: the stored genotype does not match the rebuilt network")
     return net
+
+
+def weights_mismatch(network: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """What keeps ``state_dict`` from loading strictly into ``network``, or ``None`` when it fits.
+
+    Returns:
+        e.g. ``"12 weights missing (moving_features.0.edges.0.conv.weight, ...), 3 of another shape
+        (...)"``: a genotype with other operations than the weights were trained for.
+    """
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    parts = [
+        f"{len(names)} {what} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
+        for names, what in ((missing, "weights missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
+        if names
+    ]
+    return ", ".join(parts) or None

@@ -28,6 +28,7 @@ import torch
 from monai.data import load_decathlon_datalist
 
 from autoreg_monai.metrics import dice_per_label
+from autoreg_monai.networks import Genotype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "brain_t1"
@@ -275,3 +276,23 @@ def test_very_different_fields_of_view_warn(bad_inputs, tmp_path, autoreg_main):
     assert code == 0, err[-3000:]
     assert "fields of view differ a lot" in err and "use --prealign affine" in err
     assert out == ""  # --quiet
+
+
+def test_a_genotype_changed_after_training_is_refused_with_both_files(tmp_path, autoreg_main):
+    bundle = tmp_path / "bundles" / "brain_t1"
+    shutil.copytree(REPO_ROOT / "bundles" / "brain_t1", bundle, ignore=shutil.ignore_patterns("search", "train"))
+    Genotype.paper_default().to_json(bundle / "models" / "genotype.json")  # as a search would rewrite it
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    scans = []
+    for name, seed in (("fixed", 0), ("moving", 1)):
+        data = np.random.default_rng(seed).random((32, 32, 32)).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, affine), tmp_path / f"{name}.nii.gz")
+        scans.append(str(tmp_path / f"{name}.nii.gz"))
+    code, _, err = autoreg_main(
+        "register", "--bundle", str(bundle), "--fixed", scans[0], "--moving", scans[1], "--prealign", "none",
+        "--out", str(tmp_path / "out"), "--trust-bundle", "true",
+    )  # fmt: skip
+    assert code != 0
+    assert f"{bundle / 'models' / 'model.pt'} does not fit the genotype of" in err and "genotype.json" in err
+    assert "weights missing" in err and "train again" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

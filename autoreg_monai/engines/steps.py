@@ -54,7 +54,7 @@ class RegistrationTrainStep:
         amp: mixed precision: the network's convolutions in bfloat16 under ``torch.autocast`` (on a GPU about
             half the activation memory), while the field integration, compositions and warps
             (:func:`~autoreg_monai.networks.blocks.diffeo.full_precision`), the losses and the weights stay
-            float32. bfloat16 has float32's range, so no loss scaling is needed and no step overflows.
+            float32. bfloat16 has float32's exponent range, so no loss scaling (``GradScaler``) is needed.
 
     The engine output is, as for a decollated MONAI trainer, one dictionary per pair of the batch, each
     ``{"loss": L, "similarity": L_sim at full resolution, "regularization": L_smooth}`` (floats of the

@@ -232,8 +232,8 @@ class AutoRegSearch:
 
         Args:
             stage: the stage.
-            previous: the genotype of the stage before (default: the ``genotype`` given, else the earlier
-                stage's ``genotype.json``).
+            previous: the genotype of the stage before, the start of this one unless a ``genotype`` was given
+                (default: the earlier stage's ``genotype.json``).
         """
         stage = SearchStage(stage)
         folder = self.stage_dir(stage)

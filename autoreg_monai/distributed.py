@@ -33,7 +33,6 @@ from torch import nn
 __all__ = [
     "all_reduce_mean",
     "any_rank",
-    "barrier",
     "broadcast_module",
     "broadcast_object",
     "get_rank",
@@ -87,12 +86,6 @@ def setup_device(device: torch.device | str, cudnn_benchmark: bool = True) -> to
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cudnn_benchmark
     return device
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in one process)."""
-    if is_distributed():
-        dist.barrier()
 
 
 def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

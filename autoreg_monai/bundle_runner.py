@@ -28,10 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from monai.bundle import ConfigWorkflow, create_workflow
-
-from autoreg_monai.checkpoint import weights_mismatch
 
 __all__ = ["WORKFLOW_RUN_IDS", "absolute_paths", "find_bundle", "run_workflow"]
 
@@ -137,30 +134,6 @@ def run_workflow(bundle: str | Path, workflow: str, quiet: bool = False, **overr
             workflow_type="infer" if workflow == "inference" else "train",
             **overrides,
         )
-        if workflow in ("evaluate", "inference"):
-            _check_weights_fit_genotype(instance)
         instance.run()
         instance.finalize()
     return instance
-
-
-def _check_weights_fit_genotype(workflow: ConfigWorkflow) -> None:
-    """Refuse, with both file names, a trained model whose weights do not fit the bundle's genotype file.
-
-    Raises:
-        ValueError: the genotype has other operations than the model was trained with (typically a search
-            rewrote ``models/genotype.json`` after training).
-    """
-    model_file = Path(workflow.parser.get_parsed_content("model_file")).resolve()  # named absolutely in the error
-    if not model_file.is_file():
-        return  # MONAI's loader reports the missing file
-    state = torch.load(model_file, map_location="cpu", weights_only=True)
-    state = state.get("model", state) if isinstance(state, Mapping) else state
-    problem = weights_mismatch(workflow.parser.get_parsed_content("network_def"), state)
-    if problem is not None:
-        genotype = Path(workflow.parser.get_parsed_content("genotype")).resolve()
-        raise ValueError(
-            f"{model_file} does not fit the genotype of {genotype}: {problem}. The genotype was changed after this "
-            "model was trained (a search without --output_dir writes the bundle's models/genotype.json): train "
-            "again, or put back the genotype the model was trained with"
-        )

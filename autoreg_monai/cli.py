@@ -431,12 +431,13 @@ _USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, KeyError)
 def _user_message(error: BaseException) -> str:
     """The message of the innermost user error behind ``error``.
 
-    MONAI's config parser wraps what a component raises in ``RuntimeError("Failed to instantiate ...")``;
-    the cause (e.g. our ``ValueError`` naming a file) is what the user can act on.
+    MONAI's config parser wraps what a component or a ``$`` expression (e.g. the workflow's ``run``) raises in
+    ``RuntimeError("Failed to instantiate ...")`` or ``RuntimeError("Failed to evaluate ...")``; the cause (e.g.
+    our ``ValueError`` naming a file) is what the user can act on.
     """
     while (
         isinstance(error, RuntimeError)
-        and str(error).startswith("Failed to instantiate")
+        and str(error).startswith(("Failed to instantiate", "Failed to evaluate"))
         and isinstance(error.__cause__, _USER_ERRORS)
     ):
         error = error.__cause__

@@ -34,6 +34,7 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader
 
+from autoreg_monai.checkpoint import weights_mismatch
 from autoreg_monai.distributed import broadcast_object, is_main_process
 from autoreg_monai.io import atomic_write
 
@@ -41,6 +42,7 @@ __all__ = [
     "AtomicDiskSaver",
     "RandomStates",
     "ResumableCheckpoint",
+    "TrainedWeightsLoader",
     "checkpoint_problem",
     "latest_checkpoint",
     "prune_checkpoints",
@@ -231,3 +233,54 @@ class ResumableCheckpoint:
         """Delete all but the ``n_saved`` newest epoch checkpoints (also those of a run this one resumed)."""
         if is_main_process():
             prune_checkpoints(self.save_dir, self.n_saved)
+
+
+class TrainedWeightsLoader:
+    """Load a trained model's weights into the network when the engine starts, strictly and weights-only.
+
+    What MONAI's ``CheckpointLoader(strict=True)`` does for a bundle's ``model.pt``, but weights that do not
+    fit the network (a genotype file changed after training, e.g. rewritten by a search) are refused with
+    both file names and what differs, instead of ``load_state_dict``'s list of tensor sizes.
+
+    Args:
+        load_path: the weights file: a state dict, or ``{"model": state dict}`` as MONAI's ``CheckpointSaver``
+            writes it.
+        network: the network built from the genotype.
+        genotype_file: the genotype file the network was built from (named in the error).
+        map_location: device the loaded tensors go to.
+    """
+
+    def __init__(
+        self,
+        load_path: str | Path,
+        network: torch.nn.Module,
+        genotype_file: str | Path | None = None,
+        map_location: str | torch.device | None = None,
+    ) -> None:
+        self.load_path = Path(load_path)
+        self.network = network
+        self.genotype_file = genotype_file
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        """Load the weights.
+
+        Raises:
+            ValueError: naming the weights file and the genotype file, if the weights do not fit the network.
+        """
+        state = torch.load(self.load_path, map_location=self.map_location, weights_only=True)
+        state = state.get("model", state) if isinstance(state, Mapping) else state
+        problem = weights_mismatch(self.network, state)
+        if problem is not None:
+            genotype = "its genotype"
+            if self.genotype_file is not None:
+                genotype = f"the genotype of {Path(self.genotype_file).resolve()}"
+            raise ValueError(
+                f"{self.load_path.resolve()} does not fit {genotype}: {problem}. The genotype was changed after this "
+                "model was trained (a search without --output_dir writes the bundle's models/genotype.json): train "
+                "again, or put back the genotype the model was trained with"
+            )
+        self.network.load_state_dict(state, strict=True)

@@ -28,9 +28,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from monai.bundle import ConfigWorkflow, create_workflow
+from monai.bundle import ConfigParser, ConfigWorkflow, create_workflow
 
-__all__ = ["WORKFLOW_RUN_IDS", "absolute_paths", "find_bundle", "run_workflow"]
+__all__ = ["WORKFLOW_RUN_IDS", "absolute_paths", "find_bundle", "load_bundle_config", "run_workflow"]
 
 WORKFLOW_RUN_IDS: dict[str, str] = {"search": "search", "train": "train", "evaluate": "evaluate", "inference": "run"}
 """The run id of each workflow config of a bundle."""
@@ -137,3 +137,29 @@ def run_workflow(bundle: str | Path, workflow: str, quiet: bool = False, **overr
         instance.run()
         instance.finalize()
     return instance
+
+
+def load_bundle_config(bundle: str | Path, workflow: str, **overrides: Any) -> ConfigParser:
+    """A workflow config of a bundle, parsed so that it no longer depends on the working directory.
+
+    The ``%`` macros are resolved from the folder that holds ``bundles/`` and ``bundle_root`` is made absolute,
+    so components can then be instantiated from any working directory and any thread (a server's).
+
+    Args:
+        bundle: the bundle folder (see :func:`find_bundle`).
+        workflow: ``search``, ``train``, ``evaluate`` or ``inference``.
+        overrides: config ids and values set before parsing (values naming existing files made absolute).
+
+    Returns:
+        the parsed ``ConfigParser`` (metadata under ``_meta_``); ``get_parsed_content`` instantiates components.
+    """
+    if workflow not in WORKFLOW_RUN_IDS:
+        raise ValueError(f"unknown workflow {workflow!r}; use one of {', '.join(WORKFLOW_RUN_IDS)}")
+    folder = find_bundle(bundle)
+    parser = ConfigParser()
+    parser.read_meta(str(folder / "configs" / "metadata.json"))
+    parser.read_config(str(folder / "configs" / f"{workflow}.json"))
+    parser.update({"bundle_root": str(folder), **absolute_paths(overrides)})
+    with _working_directory(folder.parent.parent):
+        parser.parse()
+    return parser

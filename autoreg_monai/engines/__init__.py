@@ -21,7 +21,7 @@ from .checkpoint import (
     prune_checkpoints,
     resume_mode,
 )
-from .inference import RegistrationInferStep, map_to_fixed_grid
+from .inference import RegistrationInferStep, map_to_fixed_grid, register_item
 from .report import METRIC_COLUMNS, RegistrationReport, pair_file_stem
 from .steps import RegistrationEvalStep, RegistrationTrainStep
 
@@ -39,6 +39,7 @@ __all__ = [
     "resume_mode",
     "latest_checkpoint",
     "map_to_fixed_grid",
+    "register_item",
     "pair_file_stem",
     "prune_checkpoints",
 ]

@@ -32,7 +32,7 @@ from autoreg_monai.spatial import (
     world_to_voxel_displacement,
 )
 
-__all__ = ["RegistrationInferStep", "map_to_fixed_grid"]
+__all__ = ["RegistrationInferStep", "map_to_fixed_grid", "register_item"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,74 @@ def _on_fixed_grid(data: torch.Tensor, fixed: MetaTensor, name: str) -> MetaTens
     return MetaTensor(data.cpu(), affine=fixed.affine, meta=meta)
 
 
+def register_item(
+    network: torch.nn.Module, inferer: Any, item: Mapping[str, Any], device: torch.device
+) -> dict[str, Any]:
+    """Register one preprocessed pair and map the results back to the fixed image's grid.
+
+    Args:
+        network: an :class:`~autoreg_monai.networks.AutoRegPairNet` (in eval mode) on ``device``.
+        inferer: called as ``inferer(image, network)`` with ``image`` ``(1, 2, *W)``, returning ``(1, 3, *W)``.
+        item: one pair as the bundle's inference preprocessing makes it (not batched): ``moving_image``,
+            ``fixed_image`` (working grid, MetaTensors), ``moving_original``, ``fixed_original`` (as loaded),
+            optional ``moving_label`` and ``prealign_matrix``.
+        device: where the network runs.
+
+    Returns:
+        MetaTensors on the fixed image's grid named ``<moving>_to_<fixed>`` for ``SaveImaged``:
+        ``warped_image``, ``ddf`` (total displacement, millimetres, LPS, see :func:`map_to_fixed_grid`),
+        ``jacobian``, optionally ``warped_label`` and ``prealign_matrix``; plus floats ``runtime_s`` (the
+        network alone), ``ncc_before`` (world coordinates only), ``ncc_prealigned``, ``ncc``,
+        ``folding_percent`` and the string ``pair``.
+    """
+    moving_work, fixed_work = item["moving_image"], item["fixed_image"]
+    working_affine = _affine_of(fixed_work, "fixed_image")
+    image = torch.cat([moving_work.as_tensor(), fixed_work.as_tensor()])[None].to(device)
+    with torch.no_grad():
+        start = time.perf_counter()
+        ddf = inferer(image, network)
+        if ddf.is_cuda:
+            torch.cuda.synchronize(ddf.device)
+        runtime = time.perf_counter() - start
+        fixed = item["fixed_original"]
+        prealign = item.get("prealign_matrix")
+        mapped = map_to_fixed_grid(
+            ddf[0], working_affine, fixed, item["moving_original"], item.get("moving_label"), prealign
+        )
+    name = (
+        f"{pair_file_stem(Path(str(item['moving_original'].meta.get('filename_or_obj', 'moving'))).name)}"
+        f"_to_{pair_file_stem(Path(str(fixed.meta.get('filename_or_obj', 'fixed'))).name)}"
+    )
+    fixed_data = fixed.as_tensor().float().to(mapped["warped_image"].device)
+    folded = (mapped["jacobian"] <= 0).float().mean().item() * 100.0
+    result: dict[str, Any] = {
+        key: _on_fixed_grid(mapped[key], fixed, name)
+        for key in ("warped_image", "ddf", "jacobian", "warped_label")
+        if key in mapped
+    }
+    if prealign is not None:
+        result["prealign_matrix"] = torch.as_tensor(prealign, dtype=torch.float64).cpu()
+    result.update(
+        pair=name,
+        runtime_s=runtime,
+        ncc_before=float(ncc(mapped["moving_on_fixed"][None], fixed_data[None])[0]),
+        ncc_prealigned=float(ncc(mapped["prealigned"][None], fixed_data[None])[0]),
+        ncc=float(ncc(mapped["warped_image"][None], fixed_data[None])[0]),
+        folding_percent=folded,
+    )
+    logger.info(
+        "%s: network %.3f s, NCC %.4f (world coordinates) -> %.4f (pre-aligned) -> %.4f (registered), "
+        "folded voxels %.4f %%",
+        name,
+        runtime,
+        result["ncc_before"],
+        result["ncc_prealigned"],
+        result["ncc"],
+        folded,
+    )
+    return result
+
+
 class RegistrationInferStep:
     """Register each pair of a batch and map the results back to the fixed image's grid.
 
@@ -143,55 +211,11 @@ class RegistrationInferStep:
 
     def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> list[dict[str, Any]]:
         engine.network.eval()
-        outputs = []
-        for item in decollate_batch(batchdata, detach=True):
-            moving_work, fixed_work = item["moving_image"], item["fixed_image"]
-            working_affine = _affine_of(fixed_work, "fixed_image")
-            image = torch.cat([moving_work.as_tensor(), fixed_work.as_tensor()])[None].to(engine.state.device)
-            with torch.no_grad():
-                start = time.perf_counter()
-                ddf = engine.inferer(image, engine.network)
-                if ddf.is_cuda:
-                    torch.cuda.synchronize(ddf.device)
-                runtime = time.perf_counter() - start
-                engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-                fixed = item["fixed_original"]
-                prealign = item.get("prealign_matrix")
-                mapped = map_to_fixed_grid(
-                    ddf[0], working_affine, fixed, item["moving_original"], item.get("moving_label"), prealign
-                )
-            name = (
-                f"{pair_file_stem(Path(str(item['moving_original'].meta.get('filename_or_obj', 'moving'))).name)}"
-                f"_to_{pair_file_stem(Path(str(fixed.meta.get('filename_or_obj', 'fixed'))).name)}"
-            )
-            fixed_data = fixed.as_tensor().float().to(mapped["warped_image"].device)
-            folded = (mapped["jacobian"] <= 0).float().mean().item() * 100.0
-            result: dict[str, Any] = {
-                key: _on_fixed_grid(mapped[key], fixed, name)
-                for key in ("warped_image", "ddf", "jacobian", "warped_label")
-                if key in mapped
-            }
-            if prealign is not None:
-                result["prealign_matrix"] = torch.as_tensor(prealign, dtype=torch.float64).cpu()
-            result.update(
-                pair=name,
-                runtime_s=runtime,
-                ncc_before=float(ncc(mapped["moving_on_fixed"][None], fixed_data[None])[0]),
-                ncc_prealigned=float(ncc(mapped["prealigned"][None], fixed_data[None])[0]),
-                ncc=float(ncc(mapped["warped_image"][None], fixed_data[None])[0]),
-                folding_percent=folded,
-            )
-            logger.info(
-                "%s: network %.3f s, NCC %.4f (world coordinates) -> %.4f (pre-aligned) -> %.4f (registered), "
-                "folded voxels %.4f %%",
-                name,
-                runtime,
-                result["ncc_before"],
-                result["ncc_prealigned"],
-                result["ncc"],
-                folded,
-            )
-            outputs.append(result)
+        outputs = [
+            register_item(engine.network, engine.inferer, item, engine.state.device)
+            for item in decollate_batch(batchdata, detach=True)
+        ]
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output = outputs
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

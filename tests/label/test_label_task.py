@@ -1,0 +1,83 @@
+# Copyright (c) autoreg_monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The MONAI Label infer task called directly (no server): outputs per request, the JSON result, strict weights.
+
+Runs only where MONAI Label is installed (the ``label`` extra); skipped in the main test environment.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("monailabel")
+
+from autoreg_monai.label import RegistrationInferTask
+from autoreg_monai.networks import Genotype
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> RegistrationInferTask:
+    return RegistrationInferTask(REPO_ROOT / "bundles" / "brain_t1", output_dir=tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture()
+def pair(sample_data: Path) -> tuple[str, str]:
+    folder = sample_data / "ixi_dlmuse"
+    return str(next(folder.glob("IXI012*_T1w_2mm.nii.gz"))), str(next(folder.glob("IXI013*_T1w_2mm.nii.gz")))
+
+
+def test_each_request_writes_its_own_folder_and_returns_a_copy(task: RegistrationInferTask, pair) -> None:
+    moving, fixed = pair
+    request = {"image": moving, "fixed": fixed, "device": "cpu", "prealign": "none", "main_output": "ddf"}
+    sent, result = task(request)
+    assert request["save_label"] is False  # the app must not store the result as a label of the moving image
+    folder = task.output_dir / result["request_id"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{result['pair']}_{kind}.nii.gz" for kind in ("warped", "ddf", "jacobian")] + ["result.json"]
+    )  # no _affine.tfm without pre-alignment
+    assert json.loads((folder / "result.json").read_text())["metrics"] == result["metrics"]
+    assert Path(sent).parent != folder  # MONAI Label deletes the file it sends: it is a copy
+    assert Path(sent).read_bytes() == Path(result["outputs"]["ddf"]).read_bytes()
+    reference = nib.load(fixed)
+    ddf = nib.load(result["outputs"]["ddf"])
+    assert ddf.shape == (*reference.shape, 1, 3)
+    np.testing.assert_allclose(ddf.affine, reference.affine, atol=1e-5)
+    jacobian = np.asarray(nib.load(result["outputs"]["jacobian"]).dataobj)
+    assert result["metrics"]["jacobian_min"] == pytest.approx(float(jacobian.min()), abs=1e-5)
+    assert result["metrics"]["folding_percent"] == pytest.approx(float((jacobian <= 0).mean() * 100), abs=1e-4)
+    assert result["prealign"] == "none" and result["moving"] == str(Path(moving).resolve())
+    Path(sent).unlink()
+
+
+def test_unknown_main_output_or_prealign_is_refused(task: RegistrationInferTask, pair) -> None:
+    moving, fixed = pair
+    with pytest.raises(ValueError, match="main_output must be one of warped, ddf, jacobian, got 'label'"):
+        task({"image": moving, "fixed": fixed, "device": "cpu", "main_output": "label"})
+    with pytest.raises(ValueError, match="prealign must be one of"):
+        task({"image": moving, "fixed": fixed, "device": "cpu", "prealign": "bspline"})
+
+
+def test_weights_that_do_not_fit_the_genotype_are_refused(tmp_path: Path, pair) -> None:
+    bundle = tmp_path / "bundles" / "brain_t1"
+    shutil.copytree(REPO_ROOT / "bundles" / "brain_t1", bundle, ignore=shutil.ignore_patterns("results", "eval"))
+    Genotype.paper_default().to_json(bundle / "models" / "genotype.json")  # as a search would rewrite it
+    task = RegistrationInferTask(bundle, output_dir=tmp_path / "results", trust_bundle=True)
+    moving, fixed = pair
+    with pytest.raises(ValueError, match=r"model\.pt does not fit the genotype of .*genotype\.json: .*train again"):
+        task({"image": moving, "fixed": fixed, "device": "cpu", "prealign": "none"})

@@ -24,6 +24,7 @@ from autoreg_monai._version import __version__
 from autoreg_monai.bundle_runner import find_bundle
 
 from .infer_task import RegistrationInferTask
+from .request import resolve_image
 
 __all__ = ["RegistrationApp", "find_served_bundles"]
 
@@ -102,12 +103,12 @@ class RegistrationApp(MONAILabelApp):
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
         image = request.get("image")
-        store = datastore if datastore is not None else self.datastore()
-        if isinstance(image, str) and image and not Path(image).exists() and not store.get_image_uri(image):
-            raise HTTPException(
-                status_code=400,
-                detail=f"moving image {image!r} is neither a file on the server nor an image of the datastore",
-            )
+        if isinstance(image, str) and image:
+            # MONAI Label turns an unknown image id into "" before the task sees it: refuse it here, by name
+            try:
+                resolve_image(image, datastore if datastore is not None else self.datastore(), "moving image")
+            except ValueError as why:
+                raise HTTPException(status_code=400, detail=str(why)) from why
         try:
             return super().infer(request, datastore)
         except ValueError as why:

@@ -145,6 +145,16 @@ def test_bad_requests_get_a_clear_error(server: dict, sample_data: Path) -> None
     response = _infer(server, {"device": "cpu"}, moving, output="json")
     assert response.status_code == 400
     assert "the request names no fixed image" in response.json()["detail"]
+    response = requests.post(
+        f"{server['url']}/infer/brain_t1?image=no_such_scan&output=json",
+        data={"params": json.dumps({"fixed": "IXI013"})},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert (
+        "moving image 'no_such_scan' is neither a file on the server nor an image of the datastore"
+        in (response.json()["detail"])
+    )
     response = _infer(server, {"fixed": "no_such_atlas", "device": "cpu"}, moving, output="json")
     assert response.status_code == 400
     assert (

@@ -12,7 +12,8 @@
 
 Commands: ``register`` (two scans with a bundle), ``datalist`` (a MONAI datalist from a folder),
 ``search``/``train``/``evaluate`` (a bundle's workflows, through MONAI's bundle runner), ``package`` and
-``fetch`` (verified bundle archives), ``info`` (what a bundle holds) and ``demo`` (a generated phantom).
+``fetch`` (verified bundle archives), ``info`` (what a bundle holds), ``label_app`` (a MONAI Label app serving
+bundles) and ``demo`` (a generated phantom).
 Errors a user can act on end the command with exit code 1 and one line naming the file and the problem;
 ``--debug`` shows the traceback instead.
 """
@@ -40,6 +41,7 @@ from autoreg_monai.checks import check_label_map, check_scan, field_of_view_warn
 from autoreg_monai.data.folder import datalist_from_folder, write_datalist
 from autoreg_monai.data.phantom import PHANTOM_LABELS, make_phantom_pair
 from autoreg_monai.io import atomic_write
+from autoreg_monai.label.app_config import app_options, write_app
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.metrics import dice_per_label, folding_percentage, ncc, std_log_jacobian, warp_labels
 from autoreg_monai.networks.genotype import Genotype, loss_term_names
@@ -49,7 +51,19 @@ from autoreg_monai.prealign import PREALIGN_MODES
 from autoreg_monai.resources import check_memory
 from autoreg_monai.search.searcher import format_genotype
 
-__all__ = ["datalist", "demo", "evaluate", "fetch", "info", "main", "package", "register", "search", "train"]
+__all__ = [
+    "datalist",
+    "demo",
+    "evaluate",
+    "fetch",
+    "info",
+    "label_app",
+    "main",
+    "package",
+    "register",
+    "search",
+    "train",
+]
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -318,6 +332,41 @@ def info(bundle: str) -> dict[str, Any]:
     return details
 
 
+def label_app(
+    out: str,
+    bundles: str | None = None,
+    results: str | None = None,
+    prealign: str | None = None,
+    trust_bundles: bool | None = None,
+    quiet: bool = False,
+) -> str:
+    """Write a MONAI Label app serving the trained bundles of a folder (docs/monai_label.md).
+
+    The app is the package's sample app (``main.py``) with a ``config.json`` holding these options; start it
+    with ``monailabel start_server`` in the environment of the ``label`` extra, where ``--conf key value``
+    overrides any of them.
+
+    Args:
+        out: the new app folder (must not exist, or be empty).
+        bundles: the folder of bundles to serve (the repository's ``bundles/``, a folder of ``autoreg fetch``
+            downloads, or one bundle); without it, give ``--conf bundles`` when starting the server.
+        results: where each request's outputs go (default ``<out>/results``).
+        prealign: default pre-alignment of the requests: ``affine`` (default), ``rigid`` or ``none``.
+        trust_bundles: serve bundles whose configs use code outside the allowed packages (docs/security.md).
+        quiet: print nothing but errors.
+
+    Example::
+
+        autoreg label_app --out apps/autoreg --bundles bundles
+        monailabel start_server --app apps/autoreg --studies studies
+    """
+    app = write_app(out, bundles=bundles, results=results, prealign=prealign, trust_bundles=trust_bundles)
+    served = f" serving {', '.join(app_options(app)['bundles'])}" if bundles is not None else ""
+    _say(quiet, f"MONAI Label app in {app}{served}")
+    _say(quiet, f"start it: monailabel start_server --app {app} --studies <folder of images>")
+    return str(app)
+
+
 def _pair_report(pair: dict[str, torch.Tensor], ddf: torch.Tensor) -> dict[str, float]:
     warped = Warp()(pair["moving_image"], ddf)
     warped_label = warp_labels(pair["moving_label"], ddf)
@@ -420,6 +469,7 @@ COMMANDS = {
     "package": package,
     "fetch": fetch,
     "info": info,
+    "label_app": label_app,
     "demo": demo,
 }
 """The commands of ``autoreg``."""

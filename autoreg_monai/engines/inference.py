@@ -124,7 +124,7 @@ def _on_fixed_grid(data: torch.Tensor, fixed: MetaTensor, name: str) -> MetaTens
 
 
 def register_item(
-    network: torch.nn.Module, inferer: Any, item: Mapping[str, Any], device: torch.device
+    network: torch.nn.Module, inferer: Any, item: Mapping[str, Any], device: torch.device, name: str | None = None
 ) -> dict[str, Any]:
     """Register one preprocessed pair and map the results back to the fixed image's grid.
 
@@ -135,6 +135,7 @@ def register_item(
             ``fixed_image`` (working grid, MetaTensors), ``moving_original``, ``fixed_original`` (as loaded),
             optional ``moving_label`` and ``prealign_matrix``.
         device: where the network runs.
+        name: the pair's name in the output files (default ``<moving file>_to_<fixed file>``).
 
     Returns:
         MetaTensors on the fixed image's grid named ``<moving>_to_<fixed>`` for ``SaveImaged``:
@@ -157,7 +158,7 @@ def register_item(
         mapped = map_to_fixed_grid(
             ddf[0], working_affine, fixed, item["moving_original"], item.get("moving_label"), prealign
         )
-    name = (
+    name = name or (
         f"{pair_file_stem(Path(str(item['moving_original'].meta.get('filename_or_obj', 'moving'))).name)}"
         f"_to_{pair_file_stem(Path(str(fixed.meta.get('filename_or_obj', 'fixed'))).name)}"
     )

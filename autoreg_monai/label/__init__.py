@@ -11,27 +11,29 @@
 """MONAI Label integration: serve searched registration bundles to 3D Slicer / OHIF (docs/monai_label.md).
 
 :class:`RegistrationInferTask` and :class:`RegistrationApp` need the ``label`` extra (``monailabel``); the
-request handling of :mod:`autoreg_monai.label.request` does not.
+request handling (:mod:`~autoreg_monai.label.request`) and the app's options and copies
+(:mod:`~autoreg_monai.label.app_config`, ``autoreg label_app``) do not.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from .app_config import APP_DIR, APP_OPTIONS, app_options, find_served_bundles, write_app
 from .request import RegistrationRequestd, new_request_id, resolve_image
 
 __all__ = [
-    "SAMPLE_APP_DIR",
+    "APP_DIR",
+    "APP_OPTIONS",
     "RegistrationApp",
     "RegistrationInferTask",
     "RegistrationRequestd",
+    "app_options",
+    "find_served_bundles",
     "new_request_id",
     "resolve_image",
+    "write_app",
 ]
-
-SAMPLE_APP_DIR = Path(__file__).resolve().parent / "sample_app"
-"""The sample MONAI Label app (its ``main.py``); ``autoreg label_app --out DIR`` copies it to a writable folder."""
 
 
 def __getattr__(name: str) -> Any:

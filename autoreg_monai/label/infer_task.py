@@ -29,6 +29,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from autoreg_monai.bundle_runner import find_bundle, load_bundle_config
 from autoreg_monai.bundle_safety import check_bundle
 from autoreg_monai.engines import TrainedWeightsLoader, register_item
+from autoreg_monai.engines.report import pair_file_stem
 from autoreg_monai.io import atomic_write
 from autoreg_monai.prealign import PREALIGN_MODES
 
@@ -52,7 +53,8 @@ class RegistrationInferTask(BasicInferTask):
 
     Request keys (MONAI Label params): ``fixed`` (required: a datastore image id or a path on the server),
     ``prealign`` (``affine``, ``rigid`` or ``none``; default the task's), ``main_output`` (the file sent back:
-    ``warped`` (default), ``ddf`` or ``jacobian``), ``device``.
+    ``warped`` (default), ``ddf`` or ``jacobian``), ``moving_name`` (names the moving image in the output files;
+    default its file name, which for an upload is MONAI Label's temporary one), ``device``.
 
     Every request writes ``<output_dir>/<request id>/<moving>_to_<fixed>_{warped,ddf,jacobian}.nii.gz`` (+
     ``_affine.tfm`` when pre-aligned), all on the fixed image's grid (affine of the fixed image); the file sent
@@ -118,6 +120,9 @@ class RegistrationInferTask(BasicInferTask):
         main_output = request.get("main_output", self._config.get("main_output", "warped"))
         if main_output not in MAIN_OUTPUTS:
             raise ValueError(f"main_output must be one of {', '.join(MAIN_OUTPUTS)}, got {main_output!r}")
+        moving_name = request.get("moving_name")
+        if moving_name is not None and (not isinstance(moving_name, str) or not moving_name.strip("._- ")):
+            raise ValueError(f"moving_name must be a name for the moving image's files, got {moving_name!r}")
         return super().__call__(request, callbacks)
 
     def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
@@ -154,7 +159,10 @@ class RegistrationInferTask(BasicInferTask):
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
         """Predict the field and map warped image, field and Jacobian to the fixed image's grid."""
         network = self._get_network(device, data)
-        data.update(register_item(network, self.inferer(data), data, torch.device(device)))
+        name = None
+        if data.get("moving_name"):
+            name = f"{pair_file_stem(data['moving_name'])}_to_{pair_file_stem(Path(data['fixed_path']).name)}"
+        data.update(register_item(network, self.inferer(data), data, torch.device(device), name=name))
         return data
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:

@@ -8,12 +8,10 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""A MONAI Label app that serves every registration bundle under a folder (``--conf bundles <dir>``)."""
+"""A MONAI Label app that serves every registration bundle under a folder (``bundles`` option)."""
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
@@ -21,49 +19,20 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from autoreg_monai._version import __version__
-from autoreg_monai.bundle_runner import find_bundle
 
+from .app_config import app_options
 from .infer_task import RegistrationInferTask
 from .request import resolve_image
 
-__all__ = ["RegistrationApp", "find_served_bundles"]
-
-logger = logging.getLogger(__name__)
-
-
-def find_served_bundles(folder: str | Path) -> dict[str, Path]:
-    """The trained bundles under ``folder`` by name: ``folder`` itself, its children, or ``autoreg fetch`` folders.
-
-    A child without trained weights (``models/model.pt`` + ``models/genotype.json``) or that is not a bundle is
-    skipped with a log line.
-
-    Raises:
-        ValueError: ``folder`` does not exist or holds no trained bundle.
-    """
-    root = Path(folder).expanduser().resolve()
-    if not root.is_dir():
-        raise ValueError(f"--conf bundles {folder}: no such folder")
-    candidates = [root] if (root / "configs" / "metadata.json").is_file() else sorted(root.iterdir())
-    found: dict[str, Path] = {}
-    for candidate in candidates:
-        if not candidate.is_dir():
-            continue
-        try:
-            bundle = find_bundle(candidate, require_weights=True)
-        except ValueError as why:
-            logger.info("not serving %s: %s", candidate, why)
-            continue
-        found.setdefault(bundle.name, bundle)
-    if not found:
-        raise ValueError(f"--conf bundles {folder}: no trained bundle there (configs/metadata.json + models/model.pt)")
-    return found
+__all__ = ["RegistrationApp"]
 
 
 class RegistrationApp(MONAILabelApp):
-    """Serves each trained bundle under ``--conf bundles <dir>`` as a registration model named after it.
+    """Serves each trained bundle under the ``bundles`` folder as a registration model named after it.
 
-    Options (``--conf key value``): ``bundles`` (required), ``results`` (folder of the requests' outputs;
-    default ``<app>/results``, one subfolder per bundle), ``prealign`` (default ``affine``),
+    Options, from the app's ``config.json``, each overridden by ``--conf key value``
+    (:func:`~autoreg_monai.label.app_config.app_options`): ``bundles`` (required), ``results`` (folder of the
+    requests' outputs, one subfolder per bundle; default ``<app>/results``), ``prealign`` (default ``affine``),
     ``trust_bundles`` (``true`` to serve bundles whose configs use code outside the allowed packages).
 
     A request whose scans are refused (missing, unreadable, not 3-D, NaN, ...) gets HTTP 400 with the reason
@@ -71,15 +40,11 @@ class RegistrationApp(MONAILabelApp):
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
-        conf = dict(conf or {})
-        if not conf.get("bundles"):
-            raise ValueError(
-                "start the server with --conf bundles <folder of bundles> (e.g. the repository's bundles/)"
-            )
-        self.bundles = find_served_bundles(conf["bundles"])
-        self.results = Path(conf.get("results") or Path(app_dir) / "results").expanduser().resolve()
-        self.prealign = conf.get("prealign", "affine")
-        self.trust_bundles = str(conf.get("trust_bundles", "false")).lower() in ("1", "true", "yes")
+        options = app_options(app_dir, conf)
+        self.bundles = options["bundles"]
+        self.results = options["results"]
+        self.prealign = options["prealign"]
+        self.trust_bundles = options["trust_bundles"]
         super().__init__(
             app_dir=app_dir,
             studies=studies,

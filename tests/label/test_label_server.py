@@ -34,9 +34,8 @@ pytest.importorskip("monailabel")
 requests = pytest.importorskip("requests")
 multipart = pytest.importorskip("requests_toolbelt.multipart.decoder")
 
-from autoreg_monai.label import SAMPLE_APP_DIR  # noqa: E402
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 
 def _free_port() -> int:
@@ -49,17 +48,23 @@ def _free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory, sample_data: Path):
     root = tmp_path_factory.mktemp("label")
     app = root / "app"
-    shutil.copytree(SAMPLE_APP_DIR, app)
+    # the app as a user makes it: its config.json names the bundles; --conf results overrides its results folder
+    made = subprocess.run(
+        [str(BIN / "autoreg"), "label_app", "--out", str(app), "--bundles", str(REPO_ROOT / "bundles")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
     studies = root / "studies"
     studies.mkdir()
     fixed = next((sample_data / "ixi_dlmuse").glob("IXI013*_T1w_2mm.nii.gz"))
     shutil.copy(fixed, studies / "IXI013.nii.gz")  # the fixed image as a datastore image (id IXI013)
     port = _free_port()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     command = [
-        str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
-        "--conf", "bundles", str(REPO_ROOT / "bundles"), "--conf", "results", str(root / "results"),
-        "--conf", "sam2", "false", "--conf", "zoo_source", "local", "--host", "127.0.0.1", "--port", str(port),
+        str(BIN / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
+        "--conf", "results", str(root / "results"), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     log = open(root / "server.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -100,16 +105,19 @@ def _infer(server: dict, params: dict, moving: Path, output: str = "all") -> req
         )
 
 
-def test_info_lists_the_bundle_as_a_registration_model(server: dict) -> None:
+def test_info_lists_every_bundle_as_a_registration_model(server: dict) -> None:
     info = requests.get(f"{server['url']}/info/", timeout=30).json()
     assert info["name"] == "autoreg_monai"
-    assert info["models"]["brain_t1"]["type"] == "others"
-    assert info["models"]["brain_t1"]["config"]["main_output"] == "warped"
+    assert sorted(info["models"]) == ["brain_t1", "brain_t1t2", "brain_t2", "knee_t1"]
+    for model in info["models"].values():
+        assert model["type"] == "others"
+        assert model["config"]["main_output"] == "warped"
 
 
 def test_infer_returns_the_warped_image_on_the_fixed_grid_and_metrics(server: dict, sample_data: Path) -> None:
     moving = next((sample_data / "ixi_dlmuse").glob("IXI012*_T1w_2mm.nii.gz"))
-    responses = [_infer(server, {"fixed": "IXI013", "device": "cpu"}, moving) for _ in range(2)]
+    named = {"fixed": "IXI013", "device": "cpu", "moving_name": moving.name}  # an upload's name is a temporary one
+    responses = [_infer(server, {"fixed": "IXI013", "device": "cpu"}, moving), _infer(server, named, moving)]
     results = []
     for response in responses:
         assert response.status_code == 200, response.text[:2000]
@@ -136,6 +144,8 @@ def test_infer_returns_the_warped_image_on_the_fixed_grid_and_metrics(server: di
         results.append(result)
     first, second = results
     assert first["request_id"] != second["request_id"]
+    assert second["pair"] == "IXI012-HH-1211_T1w_2mm_to_IXI013"
+    assert Path(second["outputs"]["warped"]).name == "IXI012-HH-1211_T1w_2mm_to_IXI013_warped.nii.gz"
     assert Path(first["outputs"]["warped"]).exists() and Path(second["outputs"]["warped"]).exists()
     assert first["metrics"]["ncc_after"] == pytest.approx(second["metrics"]["ncc_after"], abs=1e-4)
 

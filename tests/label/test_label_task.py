@@ -65,8 +65,25 @@ def test_each_request_writes_its_own_folder_and_returns_a_copy(task: Registratio
     Path(sent).unlink()
 
 
-def test_unknown_main_output_or_prealign_is_refused(task: RegistrationInferTask, pair) -> None:
+def test_moving_name_names_the_files_of_an_upload(task: RegistrationInferTask, pair, tmp_path: Path) -> None:
     moving, fixed = pair
+    upload = tmp_path / "tmpk2x9a1qz.nii.gz"  # what MONAI Label makes of an uploaded file
+    shutil.copy(moving, upload)
+    sent, result = task({"image": str(upload), "fixed": fixed, "device": "cpu", "prealign": "none"})
+    assert result["pair"] == "tmpk2x9a1qz_to_IXI013-HH-1212_T1w_2mm"
+    Path(sent).unlink()
+    request = {"image": str(upload), "fixed": fixed, "device": "cpu", "prealign": "none", "moving_name": "sub 01/T1"}
+    sent, result = task(request)
+    assert result["pair"] == "sub_01_T1_to_IXI013-HH-1212_T1w_2mm"
+    assert Path(result["outputs"]["warped"]).name == "sub_01_T1_to_IXI013-HH-1212_T1w_2mm_warped.nii.gz"
+    assert Path(result["outputs"]["warped"]).is_file()
+    Path(sent).unlink()
+
+
+def test_unknown_options_are_refused(task: RegistrationInferTask, pair) -> None:
+    moving, fixed = pair
+    with pytest.raises(ValueError, match="moving_name must be a name for the moving image's files, got '  '"):
+        task({"image": moving, "fixed": fixed, "device": "cpu", "moving_name": "  "})
     with pytest.raises(ValueError, match="main_output must be one of warped, ddf, jacobian, got 'label'"):
         task({"image": moving, "fixed": fixed, "device": "cpu", "main_output": "label"})
     with pytest.raises(ValueError, match="prealign must be one of"):

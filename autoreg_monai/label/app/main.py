@@ -8,4 +8,13 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The sample MONAI Label app: ``monailabel start_server --app <a copy of this folder> --conf bundles <dir>``."""
+"""MONAI Label app serving autoreg_monai registration bundles (docs/monai_label.md).
+
+Its options are in ``config.json`` next to this file (``bundles``, ``results``, ``prealign``, ``trust_bundles``);
+``--conf key value`` overrides them. Start it with ``monailabel start_server --app <this folder> --studies
+<images>``; MONAI Label picks up :class:`RegistrationApp` from this file.
+"""
+
+from autoreg_monai.label.registration_app import RegistrationApp
+
+__all__ = ["RegistrationApp"]

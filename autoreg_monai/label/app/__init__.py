@@ -8,12 +8,4 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""MONAI Label app serving autoreg_monai registration bundles (docs/monai_label.md).
-
-Start it with ``monailabel start_server --app <this folder> --studies <images> --conf bundles <bundles folder>
---conf sam2 false --conf zoo_source local``; MONAI Label picks up :class:`RegistrationApp` from this file.
-"""
-
-from autoreg_monai.label.registration_app import RegistrationApp
-
-__all__ = ["RegistrationApp"]
+"""The sample MONAI Label app (``main.py`` + ``config.json``); ``autoreg label_app --out DIR`` copies it."""

@@ -168,19 +168,17 @@ class RegistrationInferTask(BasicInferTask):
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
         """Write the request's outputs into its own folder; return a copy of the main output and the JSON result.
 
+        The folder is filled under a temporary name and renamed when complete, so a request that fails while
+        writing leaves nothing behind.
+
         Raises:
             FileExistsError: the request's folder exists already (request ids never repeat).
         """
         folder = self.output_dir / data["request_id"]
+        if folder.exists():
+            raise FileExistsError(f"{folder}: the outputs of request {data['request_id']} exist already")
         folder.parent.mkdir(parents=True, exist_ok=True)
-        folder.mkdir()
-        parser = self._parser(data.get("prealign") or self.default_prealign)
-        request_config = ConfigParser(config=copy.deepcopy(parser.get()), globals=dict(parser.globals))
-        request_config["results_dir"] = str(folder)
-        request_config.parse()
-        postprocessing = request_config.get_parsed_content("postprocessing")
-        keys = (*_OUTPUT_POSTFIXES, "prealign_matrix", "pair")
-        postprocessing({key: data[key] for key in keys if key in data})
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         outputs = {
             postfix: str(folder / f"{data['pair']}_{postfix}.nii.gz")
             for key, postfix in _OUTPUT_POSTFIXES.items()
@@ -188,10 +186,6 @@ class RegistrationInferTask(BasicInferTask):
         }
         if "prealign_matrix" in data:
             outputs["affine"] = str(folder / f"{data['pair']}_affine.tfm")
-        main = MAIN_OUTPUTS[data.get("main_output", "warped")]
-        handle, sent = tempfile.mkstemp(suffix=".nii.gz", prefix=f"{data['pair']}_{_OUTPUT_POSTFIXES[main]}_")
-        with open(handle, "wb") as copy_to, open(outputs[_OUTPUT_POSTFIXES[main]], "rb") as copy_from:
-            shutil.copyfileobj(copy_from, copy_to)
         result = {
             "request_id": data["request_id"],
             "bundle": self.bundle.name,
@@ -210,6 +204,21 @@ class RegistrationInferTask(BasicInferTask):
             },
             "outputs": outputs,
         }
-        with atomic_write(folder / "result.json", "w") as stream:
-            stream.write(json.dumps(result, indent=2) + "\n")
+        try:
+            parser = self._parser(data.get("prealign") or self.default_prealign)
+            request_config = ConfigParser(config=copy.deepcopy(parser.get()), globals=dict(parser.globals))
+            request_config["results_dir"] = str(staging)
+            request_config.parse()
+            postprocessing = request_config.get_parsed_content("postprocessing")
+            keys = (*_OUTPUT_POSTFIXES, "prealign_matrix", "pair")
+            postprocessing({key: data[key] for key in keys if key in data})
+            with atomic_write(staging / "result.json", "w") as stream:
+                stream.write(json.dumps(result, indent=2) + "\n")
+            staging.rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        main = MAIN_OUTPUTS[data.get("main_output", "warped")]
+        handle, sent = tempfile.mkstemp(suffix=".nii.gz", prefix=f"{data['pair']}_{_OUTPUT_POSTFIXES[main]}_")
+        with open(handle, "wb") as copy_to, open(outputs[_OUTPUT_POSTFIXES[main]], "rb") as copy_from:
+            shutil.copyfileobj(copy_from, copy_to)
         return sent, result

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("monailabel")
 
-from autoreg_monai.label import RegistrationInferTask
+from autoreg_monai.label import RegistrationInferTask, infer_task
 from autoreg_monai.networks import Genotype
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +78,21 @@ def test_moving_name_names_the_files_of_an_upload(task: RegistrationInferTask, p
     assert Path(result["outputs"]["warped"]).name == "sub_01_T1_to_IXI013-HH-1212_T1w_2mm_warped.nii.gz"
     assert Path(result["outputs"]["warped"]).is_file()
     Path(sent).unlink()
+
+
+def test_a_request_failing_while_writing_leaves_no_folder(
+    task: RegistrationInferTask, pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moving, fixed = pair
+    before = sorted(p.name for p in task.output_dir.iterdir())
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(infer_task, "atomic_write", full_disk)  # the images are written, then result.json fails
+    with pytest.raises(OSError, match="No space left on device"):
+        task({"image": moving, "fixed": fixed, "device": "cpu", "prealign": "none"})
+    assert sorted(p.name for p in task.output_dir.iterdir()) == before
 
 
 def test_unknown_options_are_refused(task: RegistrationInferTask, pair) -> None:

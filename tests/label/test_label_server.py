@@ -83,7 +83,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sample_data: Path):
             if time.time() > deadline:
                 pytest.fail(f"the server did not answer in 300 s:\n{(root / 'server.log').read_text()[-4000:]}")
             time.sleep(2)
-        yield {"url": url, "root": root, "fixed": fixed}
+        yield {"url": url, "root": root, "fixed": fixed, "app": app, "studies": studies, "env": env}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -171,3 +171,14 @@ def test_bad_requests_get_a_clear_error(server: dict, sample_data: Path) -> None
         "fixed image 'no_such_atlas' is neither a file on the server nor an image of the datastore"
         in (response.json()["detail"])
     )
+
+
+def test_a_bad_option_stops_the_server_at_start_up(server: dict) -> None:
+    command = [
+        str(BIN / "monailabel"), "start_server", "--app", str(server["app"]), "--studies", str(server["studies"]),
+        "--conf", "prealign", "bspline", "--host", "127.0.0.1", "--port", str(_free_port()),
+    ]  # fmt: skip
+    stopped = subprocess.run(command, capture_output=True, text=True, env=server["env"], timeout=300)
+    assert stopped.returncode != 0
+    log = stopped.stdout + stopped.stderr
+    assert "ValueError: --conf: prealign must be one of none, rigid, affine, got 'bspline'" in log

@@ -41,7 +41,7 @@ from autoreg_monai.checks import check_label_map, check_scan, field_of_view_warn
 from autoreg_monai.data.folder import datalist_from_folder, write_datalist
 from autoreg_monai.data.phantom import PHANTOM_LABELS, make_phantom_pair
 from autoreg_monai.io import atomic_write
-from autoreg_monai.label.app_config import app_options, write_app
+from autoreg_monai.label.app_config import write_app
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.metrics import dice_per_label, folding_percentage, ncc, std_log_jacobian, warp_labels
 from autoreg_monai.networks.genotype import Genotype, loss_term_names
@@ -360,9 +360,8 @@ def label_app(
         autoreg label_app --out apps/autoreg --bundles bundles
         monailabel start_server --app apps/autoreg --studies studies
     """
-    app = write_app(out, bundles=bundles, results=results, prealign=prealign, trust_bundles=trust_bundles)
-    served = f" serving {', '.join(app_options(app)['bundles'])}" if bundles is not None else ""
-    _say(quiet, f"MONAI Label app in {app}{served}")
+    app, served = write_app(out, bundles=bundles, results=results, prealign=prealign, trust_bundles=trust_bundles)
+    _say(quiet, f"MONAI Label app in {app}" + (f" serving {', '.join(served)}" if served else ""))
     _say(quiet, f"start it: monailabel start_server --app {app} --studies <folder of images>")
     return str(app)
 

@@ -70,6 +70,12 @@ def find_served_bundles(folder: str | Path) -> dict[str, Path]:
     return found
 
 
+def _prealign(value: Any, where: str) -> str:
+    if value not in PREALIGN_MODES:
+        raise ValueError(f"{where}: prealign must be one of {', '.join(PREALIGN_MODES)}, got {value!r}")
+    return value
+
+
 def _flag(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -128,34 +134,31 @@ def app_options(app_dir: str | Path, conf: Mapping[str, Any] | None = None) -> d
         bundles = find_served_bundles(path_of("bundles"))
     except ValueError as why:
         raise ValueError(f"{where['bundles']}: {why}") from why
-    if options["prealign"] not in PREALIGN_MODES:
-        raise ValueError(
-            f"{where['prealign']}: prealign must be one of {', '.join(PREALIGN_MODES)}, got {options['prealign']!r}"
-        )
     return {
         "bundles": bundles,
         "results": path_of("results"),
-        "prealign": options["prealign"],
+        "prealign": _prealign(options["prealign"], where["prealign"]),
         "trust_bundles": _flag(options["trust_bundles"], where["trust_bundles"]),
     }
 
 
-def write_app(out: str | Path, **options: Any) -> Path:
+def write_app(out: str | Path, **options: Any) -> tuple[Path, dict[str, Path]]:
     """Copy the sample app to ``out`` with its ``config.json`` holding ``options`` (paths made absolute).
 
-    The app is written into a temporary folder next to ``out`` and renamed, so ``out`` is either the complete
-    app or absent.
+    The options are checked as the server checks them at start-up, and the app is written into a temporary
+    folder next to ``out`` and renamed, so ``out`` is either the complete app or absent.
 
     Args:
         out: the new app folder (must not exist, or be empty).
         options: app options to set (:data:`APP_OPTIONS`; ``None`` keeps the default).
 
     Returns:
-        The app folder, checked: :func:`app_options` accepts it.
+        The app folder and the bundles it serves by name (:func:`find_served_bundles`; empty without ``bundles``,
+        which the server then needs as ``--conf bundles``).
 
     Raises:
-        ValueError: ``out`` is a file or a folder that is not empty, an unknown option, or options the app would
-            refuse (e.g. a ``bundles`` folder without trained bundles).
+        ValueError: ``out`` is a file or a folder that is not empty, an unknown option, or a value the app would
+            refuse (a ``bundles`` folder without trained bundles, an unknown ``prealign``, ...).
     """
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -168,6 +171,9 @@ def write_app(out: str | Path, **options: Any) -> Path:
         if value is None:
             continue
         config[key] = str(Path(value).expanduser().resolve()) if key in ("bundles", "results") else value
+    _prealign(config["prealign"], "app options")
+    config["trust_bundles"] = _flag(config["trust_bundles"], "app options")
+    served = find_served_bundles(config["bundles"]) if config["bundles"] is not None else {}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -175,11 +181,9 @@ def write_app(out: str | Path, **options: Any) -> Path:
         shutil.copytree(APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
         with atomic_write(app / APP_CONFIG, "w") as stream:
             stream.write(json.dumps(config, indent=2) + "\n")
-        if config["bundles"] is not None:
-            app_options(app)  # refuse now what the server would refuse at start-up
         if out.exists():
             out.rmdir()
         app.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return out, served

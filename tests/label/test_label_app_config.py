@@ -43,7 +43,8 @@ def test_label_app_writes_a_complete_app_serving_the_bundles(autoreg_main, tmp_p
 
 
 def test_conf_overrides_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    app = write_app(tmp_path / "app", bundles=BUNDLES)
+    app, served = write_app(tmp_path / "app", bundles=BUNDLES)
+    assert sorted(served) == SHIPPED
     monkeypatch.chdir(tmp_path)
     conf = {"results": "served", "prealign": "none", "trust_bundles": "true", "models": "ignored", "sam2": "false"}
     options = app_options(app, conf)
@@ -65,7 +66,8 @@ def test_untrained_bundles_are_skipped(tmp_path: Path) -> None:
 
 
 def test_bad_options_are_refused_naming_where_they_come_from(tmp_path: Path) -> None:
-    app = write_app(tmp_path / "app")  # no bundles yet: the server would have to get --conf bundles
+    app, served = write_app(tmp_path / "app")  # no bundles yet: the server would have to get --conf bundles
+    assert served == {}
     with pytest.raises(ValueError, match=r'no bundles to serve: set "bundles" in .*config\.json .*--conf bundles'):
         app_options(app)
     assert list(app_options(app, {"bundles": str(BUNDLES)})["bundles"]) == SHIPPED
@@ -98,4 +100,7 @@ def test_label_app_refusals_leave_nothing_behind(autoreg_main, tmp_path: Path) -
     code, _, err = autoreg_main("label_app", "--out", str(tmp_path / "app"), "--bundles", str(empty))
     assert code == 1
     assert f"bundles {empty}: no trained bundle there" in err
+    code, _, err = autoreg_main("label_app", "--out", str(tmp_path / "app"), "--prealign", "bspline")
+    assert code == 1
+    assert err.strip() == "autoreg: error: app options: prealign must be one of none, rigid, affine, got 'bspline'"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "taken"]  # no app, no staging folder

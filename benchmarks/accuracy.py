@@ -8,31 +8,31 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Registration accuracy on real labelled pairs: identity, SimpleITK, our network and VoxelMorph, side by side.
+"""Registration accuracy on real labelled pairs at their own resolution: ours and the classical tools side by side.
 
-Every method registers the same prepared pairs: the bundle's own evaluation preprocessing (affine
-pre-alignment with SimpleITK, RAS, intensities to [0, 1], foreground crop, isotropic fit to the working
-grid), so the numbers say what the deformable step adds. Methods:
+Every method registers the same real pair, pre-aligned by the same SimpleITK affine registration (Mattes
+mutual information, fixed seed), and every result is scored on the **fixed scan's own grid**: the
+moving label map is sampled once through the whole transform (pre-alignment and deformation composed,
+nearest neighbour), as ``autoreg register`` writes it. Methods:
 
-- ``identity``: the pre-aligned pair as it is;
-- ``demons``: SimpleITK symmetric-forces demons, three resolutions (shrink 4, 2, 1; Gaussian field smoothing);
-- ``bspline``: SimpleITK B-spline (mesh refined x2 per level to a node every 8 voxels, Mattes MI, gradient
-  descent with line search, 3 levels; L-BFGS-B cannot follow the mesh refinement);
-- ``autoreg``: the bundle's shipped network (``models/genotype.json`` + ``models/model.pt``);
-- ``autoreg_retrained`` and ``voxelmorph``: the bundle's genotype and MONAI's default ``VoxelMorph``, each
-  trained here from scratch on the bundle's training pairs with the same loss (the genotype's λ-weighted
-  multi-scale LNCC + diffusion), optimiser, epochs and data (``--epochs``);
-- optional peers, run by default when installed (``pip install -e ".[bench]"``): ``ants_syn``, ANTs SyN
-  (antspyx; deformable only, cross-correlation of radius 2, 3 levels of 40/20/10 iterations) and
-  ``elastix_bspline``, elastix's default B-spline map (itk-elastix; 4 levels, Mattes MI, a node every 8 voxels).
+- ``affine``: the pre-alignment alone;
+- ``demons``: SimpleITK symmetric-forces demons on the fixed grid after histogram matching, three levels
+  (shrink 4, 2, 1; Gaussian field smoothing);
+- ``bspline``: SimpleITK B-spline on the fixed grid (Mattes MI, 3 levels, a node every 8 voxels at the end);
+- ``ants_syn`` (ANTs SyN, CC) and ``elastix_bspline`` (elastix's default B-spline map), when the ``bench``
+  extra is installed (``pip install -e ".[bench]"``);
+- ``autoreg``: the bundle's inference workflow (working grid of the bundle, e.g. 2 mm), the network alone;
+- ``autoreg+refine<N>``: the same with ``N`` steps of test-time refinement (``--refine_steps``; the
+  bundle's default ``refine_steps`` is the setting of ``autoreg register``).
 
-Per method: mean Dice over the labels both label maps hold, % folded voxels (det J <= 0), HD95 (voxels of
-the working grid) and seconds per pair (registration only).
+Columns: mean Dice over the labels both label maps hold, % voxels of the fixed grid where the Jacobian
+determinant of the whole transform is <= 0, HD95 in mm (mean over labels), and seconds per pair as a user
+waits for it on ``--threads`` threads: pre-alignment + registration + mapping onto the fixed grid (reading
+the scans is not counted; our rows include the bundle's whole preprocessing).
 
-    python benchmarks/accuracy.py                   # the real pairs of ../shared/data, 10 epochs (~15 min, 2 cores)
-    python benchmarks/accuracy.py --epochs 60 --spatial_size 64
-    python benchmarks/accuracy.py --methods identity,demons --epochs 1 --out /tmp/accuracy.json
-    python benchmarks/accuracy.py --methods identity,ants_syn,elastix_bspline --epochs 1   # the optional peers
+    python benchmarks/accuracy.py                              # the 5 default real pairs, all installed methods
+    python benchmarks/accuracy.py --methods affine,demons,autoreg --refine_steps 10,30
+    python benchmarks/accuracy.py --pairs pairs.json --out /tmp/accuracy.json   # [{name, moving, ...}, ...]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +53,20 @@ import SimpleITK as sitk
 import torch
 from _common import machine, write_json  # benchmarks/ is on sys.path when a script of it runs
 from monai.bundle import ConfigParser
-from monai.data import MetaTensor
-from monai.networks.nets import VoxelMorph
-from tqdm import tqdm
+from monai.transforms import LoadImage, ScaleIntensityRangePercentiles
 
-from autoreg_monai import AutoRegNet, Genotype, RegistrationLoss
-from autoreg_monai.metrics import dice_per_label, folding_percentage, hd95_per_label, warp_labels
-from autoreg_monai.networks.blocks import resize_ddf
+from autoreg_monai.engines import TestTimeRefinement, map_to_fixed_grid, register_item
+from autoreg_monai.metrics import dice_per_label, hd95_per_label
+from autoreg_monai.networks import Genotype
+from autoreg_monai.prealign import prealign_matrix
+from autoreg_monai.spatial import grid_world_points, sample_at_world
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("AUTOREG_SAMPLE_DATA", REPO_ROOT.parent / "shared" / "data"))
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy.json"
-METHODS = ("identity", "demons", "bspline", "autoreg", "autoreg_retrained", "voxelmorph")
+CLASSICAL = ("affine", "demons", "bspline")
 OPTIONAL_METHODS = {"ants_syn": "ants", "elastix_bspline": "itk"}  # method -> the module it needs (extra `bench`)
+OURS = "autoreg"
 
 
 def installed_optional_methods() -> list[str]:
@@ -73,49 +74,42 @@ def installed_optional_methods() -> list[str]:
     return [name for name, module in OPTIONAL_METHODS.items() if importlib.util.find_spec(module) is not None]
 
 
-def default_pair_sets(data: Path) -> dict[str, dict[str, Any]]:
-    """The real labelled pairs of the sample data, as atlas-style datalists (one fixed scan per set)."""
+def default_pairs(data: Path) -> list[dict[str, str]]:
+    """The real labelled pairs of the sample data (none of their subjects is in the shipped model's training).
+
+    Three IXI pairs (2 mm, 147 DLMUSE regions) and two FreeSurfer subjects onto the fsaverage atlas (1 mm,
+    256^3, aseg): the niivue subject at 1 mm and the MNE sample subject at 3 mm.
+    """
     ixi = data / "ixi_dlmuse"
 
     def scan(subject: str, kind: str) -> str:
         return str(next(ixi.glob(f"{subject}*_{kind}_2mm.nii.gz")))
 
-    return {
-        "freesurfer_to_fsaverage (aseg)": {
-            "test": [
-                {
-                    "image": str(data / "freesurfer_niivue_subject" / "norm.nii.gz"),
-                    "label": str(data / "freesurfer_niivue_subject" / "aseg.nii.gz"),
-                }
-            ],
-            "atlas": {
-                "image": str(data / "freesurfer_fsaverage_atlas" / "brain.nii.gz"),
-                "label": str(data / "freesurfer_fsaverage_atlas" / "aseg.nii.gz"),
-            },
-        },
-        "ixi_to_IXI012 (DLMUSE)": {
-            "test": [{"image": scan(s, "T1w"), "label": scan(s, "dlmuse")} for s in ("IXI013", "IXI014", "IXI033")],
-            "atlas": {"image": scan("IXI012", "T1w"), "label": scan("IXI012", "dlmuse")},
-        },
-    }
-
-
-def _parser(bundle: str, config: str, overrides: dict[str, Any]) -> ConfigParser:
-    os.chdir(REPO_ROOT)  # the configs' % references are relative to the folder holding bundles/
-    parser = ConfigParser()
-    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / f"{config}.json"))
-    parser.update(overrides)
-    return parser
-
-
-def prepared_pairs(bundle: str, datalist: dict[str, Any], overrides: dict[str, Any], work: Path) -> list[dict]:
-    """The pairs of ``datalist`` through the bundle's evaluation preprocessing (pre-alignment included)."""
-    folder = work / f"datalist_{abs(hash(json.dumps(datalist, sort_keys=True)))}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "datalist.json").write_text(json.dumps(datalist))
-    parser = _parser(bundle, "evaluate", {**overrides, "dataset_dir": str(folder), "prealign": "affine"})
-    dataset = parser.get_parsed_content("test_dataset")
-    return [dataset[i] for i in range(len(dataset))]
+    fsaverage = data / "freesurfer_fsaverage_atlas"
+    pairs = [
+        {
+            "name": f"{moving}->{fixed}",
+            "moving": scan(moving, "T1w"),
+            "moving_label": scan(moving, "dlmuse"),
+            "fixed": scan(fixed, "T1w"),
+            "fixed_label": scan(fixed, "dlmuse"),
+        }
+        for moving, fixed in (("IXI013", "IXI012"), ("IXI033", "IXI014"), ("IXI049", "IXI039"))
+    ]
+    for name, moving, label in (
+        ("niivue->fsaverage", "freesurfer_niivue_subject/norm.nii.gz", "freesurfer_niivue_subject/aseg.nii.gz"),
+        ("mne_sample_3mm->fsaverage", "freesurfer_mne_sample/T1_3mm.nii.gz", "freesurfer_mne_sample/aseg_3mm.nii.gz"),
+    ):
+        pairs.append(
+            {
+                "name": name,
+                "moving": str(data / moving),
+                "moving_label": str(data / label),
+                "fixed": str(fsaverage / "brain.nii.gz"),
+                "fixed_label": str(fsaverage / "aseg.nii.gz"),
+            }
+        )
+    return pairs
 
 
 def _sitk(volume: torch.Tensor) -> sitk.Image:
@@ -139,8 +133,9 @@ def _smooth_shrink(image: sitk.Image, sigma: float, shrink: int) -> sitk.Image:
 
 
 def demons(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-    """Multi-resolution symmetric-forces demons (SimpleITK); the field is carried up from level to level."""
-    fixed_image, moving_image = _sitk(fixed), _sitk(moving)
+    """Multi-resolution symmetric-forces demons (SimpleITK) after histogram matching; the field is carried up."""
+    fixed_image = _sitk(fixed)
+    moving_image = sitk.HistogramMatching(_sitk(moving), fixed_image, 256, 7, True)
     field = None
     for shrink, sigma, iterations in ((4, 2.0, 60), (2, 1.0, 40), (1, 0.0, 20)):
         f, m = _smooth_shrink(fixed_image, sigma, shrink), _smooth_shrink(moving_image, sigma, shrink)
@@ -230,190 +225,203 @@ def elastix_bspline(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     return _xyz_field_to_ddf(array)
 
 
-def _pyramid(ddf: torch.Tensor, num_scales: int) -> tuple[torch.Tensor, ...]:
-    """VoxelMorph has no coarse fields: its field resampled to 1/2, 1/4, ... for the multi-scale loss terms."""
-    size = ddf.shape[2:]
-    return tuple(resize_ddf(ddf, [max(1, s // 2**k) for s in size]) for k in range(1, num_scales + 1))
+def _bundle_parser(bundle: str, overrides: dict[str, Any]) -> ConfigParser:
+    os.chdir(REPO_ROOT)  # the configs' % references are relative to the folder holding bundles/
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
+    parser.update(overrides)
+    return parser
 
 
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    """A MetaTensor's data as a plain tensor (the networks need no metadata)."""
-    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
+def _spacing(affine: torch.Tensor) -> list[float]:
+    return np.linalg.norm(np.asarray(torch.as_tensor(affine, dtype=torch.float64))[:3, :3], axis=0).tolist()
 
 
-def train_network(
-    net: torch.nn.Module,
-    forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
-    loader: Iterable,
-    loss_fn: RegistrationLoss,
-    weights: torch.Tensor,
-    epochs: int,
-    lr: float,
-    max_grad_norm: float,
-    name: str,
-) -> float:
-    """Adam on the λ-weighted registration loss over the bundle's training pairs; returns the seconds taken."""
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    start = time.perf_counter()
-    for _ in tqdm(range(epochs), desc=f"training {name}", unit="epoch"):
-        for batch in loader:
-            moving, fixed = _plain(batch["moving_image"]), _plain(batch["fixed_image"])
-            ddf, pyramid = forward(moving, fixed)
-            loss = loss_fn(moving, fixed, ddf, pyramid, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-            optimizer.step()
-    net.eval()
-    return time.perf_counter() - start
-
-
-def build_methods(bundle: str, overrides: dict[str, Any], names: list[str], epochs: int) -> tuple[dict, dict]:
-    """The registration functions ``(moving, fixed) -> ddf`` of ``names``, and what training them cost."""
-    common = _parser(bundle, "train", overrides)
-    genotype = Genotype.from_json(REPO_ROOT / "bundles" / bundle / "models" / "genotype.json")
-    channels = {
-        "feature_channels": common.get_parsed_content("feature_channels"),
-        "deformation_channels": common.get_parsed_content("deformation_channels"),
-        "integration_steps": common.get_parsed_content("integration_steps"),
-        "channels_last": common.get_parsed_content("network_def#channels_last"),
-    }
-    methods: dict[str, Callable] = {}
-    training: dict[str, float] = {}
-    if "identity" in names:
-        methods["identity"] = lambda moving, fixed: torch.zeros(1, 3, *fixed.shape[2:])
-    if "demons" in names:
-        methods["demons"] = demons
-    if "bspline" in names:
-        methods["bspline"] = bspline
-    if "ants_syn" in names:
-        methods["ants_syn"] = ants_syn
-    if "elastix_bspline" in names:
-        methods["elastix_bspline"] = elastix_bspline
-    if "autoreg" in names:
-        shipped = AutoRegNet(genotype, **channels)
-        model_file = REPO_ROOT / "bundles" / bundle / "models" / "model.pt"
-        shipped.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
-        shipped.eval()
-        methods["autoreg"] = lambda moving, fixed, net=shipped: net(moving, fixed)[0]
-    trained = [n for n in ("autoreg_retrained", "voxelmorph") if n in names]
-    if trained:
-        loader = common.get_parsed_content("train_loader")
-        loss_fn = common.get_parsed_content("registration_loss")
-        weights = torch.tensor(genotype.loss_weights)
-        lr, clip = common.get_parsed_content("learning_rate"), common.get_parsed_content("max_grad_norm")
-        for name in trained:
-            torch.manual_seed(0)
-            if name == "voxelmorph":
-                net: torch.nn.Module = VoxelMorph()
-
-                def forward(moving, fixed, net=net):
-                    ddf = net(moving, fixed)[1]
-                    return ddf, _pyramid(ddf, genotype.num_scales)
-
-            else:
-                net = AutoRegNet(genotype, **channels)
-
-                def forward(moving, fixed, net=net):
-                    return net(moving, fixed)
-
-            training[name] = train_network(net, forward, loader, loss_fn, weights, epochs, lr, clip, name)
-            methods[name] = lambda moving, fixed, forward=forward: forward(moving, fixed)[0]
-    return methods, training
-
-
-def score(pair: dict[str, Any], ddf: torch.Tensor) -> dict[str, float]:
-    """Mean Dice and HD95 over the labels both maps hold, and % folded voxels, of one registered pair."""
-    moving_label, fixed_label = _plain(pair["moving_label"][None]), _plain(pair["fixed_label"][None])
-    labels = sorted(set(torch.unique(moving_label).tolist()) & set(torch.unique(fixed_label).tolist()) - {0})
-    warped = warp_labels(moving_label, ddf)
+def score(warped_label: torch.Tensor, fixed_label: torch.Tensor, moving_labels: set[int], spacing: list[float]) -> dict:
+    """Mean Dice and HD95 (mm) over the labels of both maps, on the fixed grid."""
+    fixed_values = set(torch.unique(fixed_label).tolist())
+    labels = sorted(moving_labels & fixed_values - {0})
+    pred, target = warped_label.long()[None, None], fixed_label.long()[None, None]
+    hd95 = hd95_per_label(pred, target, labels, spacing)
     return {
         "labels": len(labels),
-        "mean_dice": float(dice_per_label(warped, fixed_label, labels).nanmean()),
-        "hd95": float(hd95_per_label(warped, fixed_label, labels).nanmean()),
-        "folding_percent": float(folding_percentage(ddf)[0]),
+        "mean_dice": float(dice_per_label(pred, target, labels).nanmean()),
+        "hd95_mm": float(hd95[torch.isfinite(hd95)].mean()),
     }
 
 
-def table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown: one row per pair set and method."""
-    lines = [
-        "| pairs | method | mean Dice | % folded | HD95 (voxels) | s per pair |",
-        "|---|---|---|---|---|---|",
-    ]
-    for pair_set, methods in summary.items():
-        for name, row in methods.items():
-            lines.append(
-                f"| {pair_set} | {name} | {row['mean_dice']:.4f} | {row['folding_percent']:.3f} | "
-                f"{row['hd95']:.2f} | {row['seconds']:.3f} |"
+def classical_methods(names: list[str]) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """Each method: ``(moving, fixed)`` ``(1, 1, *F)`` on the fixed grid -> ``(1, 3, *F)`` displacement in voxels."""
+    table: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "affine": lambda moving, fixed: torch.zeros(1, 3, *fixed.shape[2:]),
+        "demons": demons,
+        "bspline": bspline,
+        "ants_syn": ants_syn,
+        "elastix_bspline": elastix_bspline,
+    }
+    return {name: table[name] for name in names if name in table}
+
+
+def register_pair(
+    pair: dict[str, str],
+    classical: dict[str, Callable],
+    refine_budgets: list[int],
+    parser: ConfigParser | None,
+    network: torch.nn.Module | None,
+) -> list[dict[str, Any]]:
+    """All methods on one pair; one row per method."""
+    load = LoadImage(image_only=True, ensure_channel_first=True)
+    fixed, moving = load(pair["fixed"]), load(pair["moving"])
+    fixed_label, moving_label = load(pair["fixed_label"])[0], load(pair["moving_label"])
+    moving_labels = set(torch.unique(moving_label).tolist())
+    spacing = _spacing(fixed.affine)
+    fixed_affine = torch.as_tensor(fixed.affine, dtype=torch.float64)
+    rows = []
+
+    def add(method: str, mapped: dict[str, torch.Tensor], seconds: float, **extra: Any) -> None:
+        row = {"pair": pair["name"], "method": method, "seconds": seconds, **extra}
+        row["folding_percent"] = float((mapped["jacobian"] <= 0).float().mean() * 100.0)
+        row.update(score(mapped["warped_label"][0], fixed_label, moving_labels, spacing))
+        rows.append(row)
+        print(
+            f"{pair['name']}: {method:<22} Dice {row['mean_dice']:.4f}  folded {row['folding_percent']:.4f} %  "
+            f"HD95 {row['hd95_mm']:.2f} mm  {seconds:.1f} s",
+            flush=True,
+        )
+
+    if classical:
+        start = time.perf_counter()
+        matrix = prealign_matrix(moving.as_tensor(), moving.affine, fixed.as_tensor(), fixed_affine, "affine")
+        points = grid_world_points(fixed_affine, fixed.shape[1:])
+        targets = (matrix[:3, :3] @ points.reshape(3, -1) + matrix[:3, 3:]).reshape(points.shape)
+        on_fixed = sample_at_world(moving.as_tensor().float(), moving.affine, targets)
+        prealign_seconds = time.perf_counter() - start
+        scale = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)
+        moving_work, fixed_work = scale(on_fixed)[None].float(), scale(fixed.as_tensor().float())[None].float()
+        for name, method in classical.items():
+            start = time.perf_counter()
+            ddf = method(
+                moving_work.as_tensor() if hasattr(moving_work, "as_tensor") else moving_work,
+                fixed_work.as_tensor() if hasattr(fixed_work, "as_tensor") else fixed_work,
             )
+            mapped = map_to_fixed_grid(ddf[0], fixed_affine, fixed, moving, moving_label, matrix)
+            add(name, mapped, prealign_seconds + time.perf_counter() - start)
+    if parser is not None and network is not None:
+        start = time.perf_counter()
+        preprocessing = parser.get_parsed_content("preprocessing")
+        item = preprocessing(
+            {"moving_image": pair["moving"], "fixed_image": pair["fixed"], "moving_label": pair["moving_label"]}
+        )
+        preprocess_seconds = time.perf_counter() - start
+        template = parser.get_parsed_content("refinement")
+        grid = list(item["fixed_image"].shape[1:])
+        for steps in refine_budgets:
+            refinement = TestTimeRefinement(
+                template.registration_loss,
+                template.loss_weights,
+                steps=steps,
+                levels=template.levels,
+                learning_rate=template.learning_rate,
+                integration_steps=template.exponential.num_steps,
+            )
+            start = time.perf_counter()
+            result = register_item(network, None, item, torch.device("cpu"), name=pair["name"], refinement=refinement)
+            seconds = preprocess_seconds + time.perf_counter() - start
+            mapped = {"jacobian": result["jacobian"], "warped_label": result["warped_label"]}
+            method = OURS if steps == 0 else f"{OURS}+refine{steps}"
+            add(
+                method,
+                mapped,
+                seconds,
+                working_grid=grid,
+                network_seconds=result["runtime_s"],
+                refine_seconds=result["refine_s"],
+            )
+    return rows
+
+
+def table(summary: dict[str, dict[str, float]], per_pair: list[dict[str, Any]]) -> str:
+    """Markdown: per pair and method, then the mean over pairs."""
+    lines = ["| pair | method | mean Dice | % folded | HD95 (mm) | s per pair |", "|---|---|---|---|---|---|"]
+    for row in per_pair:
+        lines.append(
+            f"| {row['pair']} | {row['method']} | {row['mean_dice']:.4f} | {row['folding_percent']:.4f} | "
+            f"{row['hd95_mm']:.2f} | {row['seconds']:.1f} |"
+        )
+    for method, row in summary.items():
+        lines.append(
+            f"| **mean** | {method} | {row['mean_dice']:.4f} | {row['folding_percent']:.4f} | {row['hd95_mm']:.2f} | "
+            f"{row['seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default="brain_t1", help="a bundle under bundles/ (genotype, model, data)")
+    parser.add_argument("--bundle", default="brain_t1", help="a bundle under bundles/ (genotype, model, configs)")
+    parser.add_argument("--model", help="weights to use instead of the bundle's models/model.pt")
+    available = [*CLASSICAL, *installed_optional_methods(), OURS]
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS + tuple(installed_optional_methods())),
-        help=f"comma-separated, of {', '.join(METHODS + tuple(OPTIONAL_METHODS))} (default: all installed)",
+        default=",".join(available),
+        help=f"comma-separated, of {', '.join([*CLASSICAL, *OPTIONAL_METHODS, OURS])} (default: all installed)",
     )
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs of autoreg_retrained and voxelmorph")
-    parser.add_argument("--spatial_size", type=int, default=None, help="working grid side (default: the bundle's)")
-    parser.add_argument("--datalist", help="a JSON file of pair sets {name: {test: [...], atlas: {...}}}")
-    parser.add_argument("--demo_options", help="JSON of the demo set for training, e.g. a smaller one")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument(
+        "--refine_steps",
+        default="10,30,60",
+        help="refinement budgets of our rows (0, the network alone, is always run)",
+    )
+    parser.add_argument("--pairs", help="a JSON list of pairs {name, moving, moving_label, fixed, fixed_label}")
+    parser.add_argument("--threads", type=int, default=2, help="torch and SimpleITK threads")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file written")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.methods.split(",")]
-    unknown = sorted(set(names) - set(METHODS) - set(OPTIONAL_METHODS))
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CLASSICAL) - set(OPTIONAL_METHODS) - {OURS})
     if unknown:
-        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; use {', '.join(METHODS + tuple(OPTIONAL_METHODS))}")
+        raise SystemExit(
+            f"--methods: unknown {', '.join(unknown)}; use {', '.join([*CLASSICAL, *OPTIONAL_METHODS, OURS])}"
+        )
     missing = sorted(set(names) & set(OPTIONAL_METHODS) - set(installed_optional_methods()))
     if missing:
         raise SystemExit(
             f'--methods: {", ".join(missing)} not installed: pip install -e ".[bench]" (antspyx, itk-elastix)'
         )
+    budgets = sorted({0, *(int(b) for b in args.refine_steps.split(",") if b.strip())})
     torch.set_num_threads(args.threads)
-    pair_sets = json.loads(Path(args.datalist).read_text()) if args.datalist else default_pair_sets(DATA)
-    overrides: dict[str, Any] = {"device": "cpu"}
-    if args.spatial_size:
-        overrides["spatial_size"] = [args.spatial_size] * 3
-    if args.demo_options:
-        overrides["demo_options"] = json.loads(args.demo_options)
-    methods, training = build_methods(args.bundle, overrides, names, args.epochs)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    pairs = json.loads(Path(args.pairs).read_text()) if args.pairs else default_pairs(DATA)
+    bundle_parser, network = None, None
+    if OURS in names:
+        bundle_parser = _bundle_parser(args.bundle, {"device": "$torch.device('cpu')", "prealign": "affine"})
+        network = bundle_parser.get_parsed_content("network")
+        model = Path(args.model) if args.model else REPO_ROOT / "bundles" / args.bundle / "models" / "model.pt"
+        network.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
+        network.eval()
+        Genotype.from_json(bundle_parser.get_parsed_content("genotype"))  # the genotype file must load
+    classical = classical_methods(names)
     per_pair: list[dict[str, Any]] = []
-    summary: dict[str, dict[str, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="accuracy_") as folder, torch.no_grad():
-        for set_name, datalist in pair_sets.items():
-            pairs = prepared_pairs(args.bundle, datalist, overrides, Path(folder))
-            for name, register in methods.items():
-                rows = []
-                for pair in pairs:
-                    moving, fixed = _plain(pair["moving_image"][None]), _plain(pair["fixed_image"][None])
-                    start = time.perf_counter()
-                    ddf = register(moving, fixed)
-                    seconds = time.perf_counter() - start
-                    rows.append({"pair_set": set_name, "pair": pair["pair"], "method": name, "seconds": seconds})
-                    rows[-1].update(score(pair, ddf))
-                per_pair += rows
-                summary.setdefault(set_name, {})[name] = {
-                    key: statistics.fmean(r[key] for r in rows)
-                    for key in ("mean_dice", "hd95", "folding_percent", "seconds")
-                }
-                print(f"{set_name}: {name} mean Dice {summary[set_name][name]['mean_dice']:.4f}", flush=True)
+    with torch.no_grad():
+        for pair in pairs:
+            per_pair += register_pair(pair, classical, budgets, bundle_parser, network)
+    methods = list(dict.fromkeys(row["method"] for row in per_pair))
+    summary = {
+        method: {
+            key: statistics.fmean(r[key] for r in per_pair if r["method"] == method)
+            for key in ("mean_dice", "hd95_mm", "folding_percent", "seconds")
+        }
+        for method in methods
+    }
     result = {
         "benchmark": "accuracy",
         "bundle": args.bundle,
-        "epochs": args.epochs,
-        "overrides": overrides,
-        "training_seconds": training,
+        "model": str(args.model or f"bundles/{args.bundle}/models/model.pt"),
+        "threads": args.threads,
+        "refine_steps": budgets,
         "machine": machine("cpu"),
         "summary": summary,
         "pairs": per_pair,
     }
-    print(table(summary))
+    print(table(summary, per_pair))
     print(f"wrote {write_json(result, args.out)}")
     return result
 

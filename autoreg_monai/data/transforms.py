@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Resize, SpatialPad
+from monai.transforms import DivisiblePad, MapTransform, Resize, SpatialPad
 from monai.utils import ensure_tuple_rep
 
 from autoreg_monai.prealign import PREALIGN_MODES, prealign_matrix
@@ -140,20 +140,30 @@ class PreAlignd(MapTransform):
 
 
 class FitToSized(MapTransform):
-    """Scale images isotropically (in millimetres) to fit ``spatial_size``, then pad them to it, centred.
+    """Scale images isotropically (in millimetres) onto the working grid, then pad them, centred.
 
-    The scale is the one that makes the physical extent of the first key fit the grid on every axis, so
-    an anisotropic scan (e.g. 0.6 x 0.6 x 1.5 mm) becomes isotropic and a brain keeps its proportions
-    whatever its field of view; every key gets the same resampling (they must share a grid, as after
-    :class:`PreAlignd`). Resizing is MONAI's ``Resize`` (with anti-aliasing when shrinking images) and
-    padding MONAI's ``SpatialPad`` with zeros, so the outputs' affines stay exact.
+    Two kinds of working grid:
+
+    - a fixed size (``spacing=None``): the scale makes the physical extent of the first key fit
+      ``spatial_size`` on every axis, and the result is padded to exactly ``spatial_size``;
+    - a fixed resolution (``spacing`` in mm, e.g. 2.0): isotropic voxels of ``spacing`` mm (coarser only
+      where the extent would need more than ``spatial_size`` voxels on an axis, which is then a cap), padded to
+      a multiple of ``size_divisor`` on every axis, so the grid follows each scan's extent.
+
+    Either way an anisotropic scan (e.g. 0.6 x 0.6 x 1.5 mm) becomes isotropic and a brain keeps its
+    proportions; every key gets the same resampling (they must share a grid, as after :class:`PreAlignd`).
+    Resizing is MONAI's ``Resize`` (with anti-aliasing when shrinking images) and padding MONAI's
+    ``SpatialPad``/``DivisiblePad`` with zeros, so the outputs' affines stay exact.
 
     Args:
         keys: keys to resample (images and labels).
-        spatial_size: the working grid, e.g. ``[32, 32, 32]``.
+        spatial_size: the working grid, e.g. ``[32, 32, 32]``; with ``spacing``, the largest grid allowed.
         mode: per key, an interpolation of ``Resize`` (``"trilinear"`` for images, ``"nearest"`` for labels).
         anti_aliasing: per key, smooth before shrinking (images: ``True``; labels: ``False``).
         allow_missing_keys: skip absent keys.
+        spacing: isotropic voxel size of the working grid in mm; ``None``: fit ``spatial_size``.
+        size_divisor: with ``spacing``, every axis is padded to a multiple of it (the network halves the grid
+            once per scale plus once more: 8 for two scales).
     """
 
     def __init__(
@@ -163,20 +173,33 @@ class FitToSized(MapTransform):
         mode: Sequence[str] | str = "trilinear",
         anti_aliasing: Sequence[bool] | bool = True,
         allow_missing_keys: bool = False,
+        spacing: float | None = None,
+        size_divisor: int = 8,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = tuple(int(s) for s in spatial_size)
         if len(self.spatial_size) != 3 or min(self.spatial_size) < 1:
             raise ValueError(f"spatial_size must be three positive sizes, got {tuple(spatial_size)}")
+        if spacing is not None and not float(spacing) > 0:
+            raise ValueError(f"spacing must be a positive size in mm (or None), got {spacing}")
+        if int(size_divisor) < 1:
+            raise ValueError(f"size_divisor must be >= 1, got {size_divisor}")
+        self.spacing = None if spacing is None else float(spacing)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
         self.anti_aliasing = ensure_tuple_rep(anti_aliasing, len(self.keys))
-        self.pad = SpatialPad(self.spatial_size, method="symmetric")
+        self.pad = (
+            SpatialPad(self.spatial_size, method="symmetric")
+            if self.spacing is None
+            else DivisiblePad(int(size_divisor), method="symmetric")
+        )
 
     def target_shape(self, image: MetaTensor) -> tuple[int, ...]:
-        """The resized shape of ``image`` (before padding): its extent at one spacing, fitting ``spatial_size``."""
+        """The resized shape of ``image`` (before padding): its extent at one spacing, within ``spatial_size``."""
         spacing = np.linalg.norm(np.asarray(torch.as_tensor(image.affine, dtype=torch.float64).cpu())[:3, :3], axis=0)
         extent = spacing * np.asarray(image.shape[1:], dtype=np.float64)
         step = float(np.max(extent / np.asarray(self.spatial_size)))
+        if self.spacing is not None:
+            step = max(step, self.spacing)
         return tuple(int(min(n, max(1, round(e / step)))) for e, n in zip(extent, self.spatial_size))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

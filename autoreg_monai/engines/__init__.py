@@ -22,6 +22,7 @@ from .checkpoint import (
     resume_mode,
 )
 from .inference import RegistrationInferStep, map_to_fixed_grid, register_item
+from .refinement import RefinementReport, TestTimeRefinement
 from .report import METRIC_COLUMNS, RegistrationReport, pair_file_stem
 from .steps import RegistrationEvalStep, RegistrationTrainStep
 
@@ -31,6 +32,8 @@ __all__ = [
     "RegistrationInferStep",
     "RegistrationReport",
     "RegistrationTrainStep",
+    "RefinementReport",
+    "TestTimeRefinement",
     "ResumableCheckpoint",
     "TrainedWeightsLoader",
     "AtomicDiskSaver",

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor, decollate_batch
 from monai.engines.utils import IterationEvents
 
+from autoreg_monai.engines.refinement import TestTimeRefinement
 from autoreg_monai.engines.report import pair_file_stem
 from autoreg_monai.metrics import jacobian_determinant, ncc
 from autoreg_monai.spatial import (
@@ -124,35 +125,52 @@ def _on_fixed_grid(data: torch.Tensor, fixed: MetaTensor, name: str) -> MetaTens
 
 
 def register_item(
-    network: torch.nn.Module, inferer: Any, item: Mapping[str, Any], device: torch.device, name: str | None = None
+    network: torch.nn.Module,
+    inferer: Any,
+    item: Mapping[str, Any],
+    device: torch.device,
+    name: str | None = None,
+    refinement: TestTimeRefinement | None = None,
 ) -> dict[str, Any]:
     """Register one preprocessed pair and map the results back to the fixed image's grid.
 
     Args:
         network: an :class:`~autoreg_monai.networks.AutoRegPairNet` (in eval mode) on ``device``.
-        inferer: called as ``inferer(image, network)`` with ``image`` ``(1, 2, *W)``, returning ``(1, 3, *W)``.
+        inferer: called as ``inferer(image, network)`` with ``image`` ``(1, 2, *W)``, returning ``(1, 3, *W)``;
+            not used with ``refinement``, which needs the network's pyramid
+            (:meth:`~autoreg_monai.networks.AutoRegPairNet.fields`).
         item: one pair as the bundle's inference preprocessing makes it (not batched): ``moving_image``,
             ``fixed_image`` (working grid, MetaTensors), ``moving_original``, ``fixed_original`` (as loaded),
             optional ``moving_label`` and ``prealign_matrix``.
         device: where the network runs.
         name: the pair's name in the output files (default ``<moving file>_to_<fixed file>``).
+        refinement: test-time refinement of the network's field on the working grid (``None``: the network
+            alone).
 
     Returns:
         MetaTensors on the fixed image's grid named ``<moving>_to_<fixed>`` for ``SaveImaged``:
         ``warped_image``, ``ddf`` (total displacement, millimetres, LPS, see :func:`map_to_fixed_grid`),
         ``jacobian``, optionally ``warped_label`` and ``prealign_matrix``; plus floats ``runtime_s`` (the
-        network alone), ``ncc_before`` (world coordinates only), ``ncc_prealigned``, ``ncc``,
-        ``folding_percent`` and the string ``pair``.
+        network alone), ``refine_s`` (the refinement, 0 without), ``refine_steps``, ``ncc_before`` (world
+        coordinates only), ``ncc_prealigned``, ``ncc``, ``folding_percent`` and the string ``pair``.
     """
     moving_work, fixed_work = item["moving_image"], item["fixed_image"]
     working_affine = _affine_of(fixed_work, "fixed_image")
     image = torch.cat([moving_work.as_tensor(), fixed_work.as_tensor()])[None].to(device)
+    refine_s, refine_steps = 0.0, 0
     with torch.no_grad():
         start = time.perf_counter()
-        ddf = inferer(image, network)
+        if refinement is None:
+            ddf = inferer(image, network)
+        else:
+            ddf, pyramid = network.fields(image)
         if ddf.is_cuda:
             torch.cuda.synchronize(ddf.device)
         runtime = time.perf_counter() - start
+        if refinement is not None:
+            channels = image.shape[1] // 2
+            ddf, _, report = refinement(image[:, :channels], image[:, channels:], ddf, pyramid)
+            refine_s, refine_steps = report.seconds, report.steps
         fixed = item["fixed_original"]
         prealign = item.get("prealign_matrix")
         mapped = map_to_fixed_grid(
@@ -174,16 +192,20 @@ def register_item(
     result.update(
         pair=name,
         runtime_s=runtime,
+        refine_s=refine_s,
+        refine_steps=refine_steps,
         ncc_before=float(ncc(mapped["moving_on_fixed"][None], fixed_data[None])[0]),
         ncc_prealigned=float(ncc(mapped["prealigned"][None], fixed_data[None])[0]),
         ncc=float(ncc(mapped["warped_image"][None], fixed_data[None])[0]),
         folding_percent=folded,
     )
     logger.info(
-        "%s: network %.3f s, NCC %.4f (world coordinates) -> %.4f (pre-aligned) -> %.4f (registered), "
-        "folded voxels %.4f %%",
+        "%s: network %.3f s, refinement %.3f s (%d steps), NCC %.4f (world coordinates) -> %.4f (pre-aligned) "
+        "-> %.4f (registered), folded voxels %.4f %%",
         name,
         runtime,
+        refine_s,
+        refine_steps,
         result["ncc_before"],
         result["ncc_prealigned"],
         result["ncc"],
@@ -206,14 +228,21 @@ class RegistrationInferStep:
     The engine output is a list with one dictionary per pair of MetaTensors on the fixed image's grid,
     named ``<moving>_to_<fixed>`` for ``SaveImaged``: ``warped_image``, ``ddf`` (total displacement,
     millimetres, LPS, see :func:`map_to_fixed_grid`), ``jacobian``, optionally ``warped_label`` and
-    ``prealign_matrix``; plus floats ``runtime_s``, ``ncc_before`` (world coordinates only),
-    ``ncc_prealigned``, ``ncc``, ``folding_percent`` and the string ``pair``.
+    ``prealign_matrix``; plus floats ``runtime_s``, ``refine_s``, ``refine_steps``, ``ncc_before`` (world
+    coordinates only), ``ncc_prealigned``, ``ncc``, ``folding_percent`` and the string ``pair``.
+
+    Args:
+        refinement: test-time refinement of each pair's field (the bundle's ``refinement``, whose ``steps``
+            is the config's ``refine_steps``); ``None``: the network alone.
     """
+
+    def __init__(self, refinement: TestTimeRefinement | None = None) -> None:
+        self.refinement = refinement
 
     def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> list[dict[str, Any]]:
         engine.network.eval()
         outputs = [
-            register_item(engine.network, engine.inferer, item, engine.state.device)
+            register_item(engine.network, engine.inferer, item, engine.state.device, refinement=self.refinement)
             for item in decollate_batch(batchdata, detach=True)
         ]
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

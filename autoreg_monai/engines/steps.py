@@ -27,6 +27,7 @@ from monai.engines.utils import IterationEvents
 from monai.networks.blocks import Warp
 from torch.nn.modules.loss import _Loss
 
+from autoreg_monai.engines.refinement import TestTimeRefinement
 from autoreg_monai.losses.label_dice import one_hot_labels
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.metrics import warp_labels
@@ -128,15 +129,19 @@ class RegistrationEvalStep:
     Args:
         labels: label values scored by Dice; the output carries their one-hot maps for MONAI's
             ``MeanDice`` (``pred`` = warped moving labels, ``label`` = fixed labels).
+        refinement: test-time refinement of each pair's field (the bundle's ``refinement``, ``refine_steps``
+            of the config); ``None``: the network alone.
 
     The engine output holds ``(B, ...)`` tensors: ``moving_image``, ``fixed_image``, ``warped_image``
-    (bilinear), ``ddf`` (voxels), ``runtime`` (seconds of the forward pass per pair) and, when the pair has
+    (bilinear), ``ddf`` (voxels), ``runtime`` (seconds per pair of the forward pass and the refinement) and,
+    when the pair has
     label maps, ``moving_label``, ``fixed_label``, ``warped_label`` (nearest neighbour), ``pred`` and
     ``label`` (one-hot, float).
     """
 
-    def __init__(self, labels: Sequence[int]) -> None:
+    def __init__(self, labels: Sequence[int], refinement: TestTimeRefinement | None = None) -> None:
         self.labels = [int(v) for v in labels]
+        self.refinement = refinement
         self.warp = Warp(mode="bilinear", padding_mode="border")
 
     def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> Any:
@@ -147,7 +152,16 @@ class RegistrationEvalStep:
             if moving.is_cuda:
                 torch.cuda.synchronize(moving.device)
             start = time.perf_counter()
-            ddf, _ = engine.network(moving, fixed)
+            ddf, pyramid = engine.network(moving, fixed)
+            if self.refinement is not None:
+                ddf = torch.cat(
+                    [
+                        self.refinement(
+                            moving[i : i + 1], fixed[i : i + 1], ddf[i : i + 1], [f[i : i + 1] for f in pyramid]
+                        )[0]
+                        for i in range(moving.shape[0])
+                    ]
+                )
             if moving.is_cuda:
                 torch.cuda.synchronize(moving.device)
             runtime = (time.perf_counter() - start) / moving.shape[0]

@@ -54,13 +54,15 @@ class RegistrationInferTask(BasicInferTask):
     Request keys (MONAI Label params): ``fixed`` (required: a datastore image id or a path on the server),
     ``prealign`` (``affine``, ``rigid`` or ``none``; default the task's), ``main_output`` (the file sent back:
     ``warped`` (default), ``ddf`` or ``jacobian``), ``moving_name`` (names the moving image in the output files;
-    default its file name, which for an upload is MONAI Label's temporary one), ``device``.
+    default its file name, which for an upload is MONAI Label's temporary one), ``refine_steps`` (test-time
+    refinement steps; default the bundle's ``refine_steps``, 0: the network alone), ``device``.
 
     Every request writes ``<output_dir>/<request id>/<moving>_to_<fixed>_{warped,ddf,jacobian}.nii.gz`` (+
     ``_affine.tfm`` when pre-aligned), all on the fixed image's grid (affine of the fixed image); the file sent
     back is a copy of the main output (MONAI Label deletes it once sent). The JSON result holds ``metrics``
     (``ncc_before`` in world coordinates, ``ncc_prealigned``, ``ncc_after``, ``folding_percent``,
-    ``jacobian_min``, ``runtime_s`` of the network), ``outputs`` (server paths), ``request_id``, ``pair``.
+    ``jacobian_min``, ``runtime_s`` of the network, ``refine_s`` and ``refine_steps`` of the refinement),
+    ``outputs`` (server paths), ``request_id``, ``pair``.
 
     Args:
         bundle: the bundle folder (``.../bundles/<name>``, or a folder made by ``autoreg fetch``), with
@@ -120,6 +122,11 @@ class RegistrationInferTask(BasicInferTask):
         main_output = request.get("main_output", self._config.get("main_output", "warped"))
         if main_output not in MAIN_OUTPUTS:
             raise ValueError(f"main_output must be one of {', '.join(MAIN_OUTPUTS)}, got {main_output!r}")
+        refine_steps = request.get("refine_steps")
+        if refine_steps is not None and (
+            isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0
+        ):
+            raise ValueError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
         moving_name = request.get("moving_name")
         if moving_name is not None and (not isinstance(moving_name, str) or not moving_name.strip("._- ")):
             raise ValueError(f"moving_name must be a name for the moving image's files, got {moving_name!r}")
@@ -162,7 +169,13 @@ class RegistrationInferTask(BasicInferTask):
         name = None
         if data.get("moving_name"):
             name = f"{pair_file_stem(data['moving_name'])}_to_{pair_file_stem(Path(data['fixed_path']).name)}"
-        data.update(register_item(network, self.inferer(data), data, torch.device(device), name=name))
+        refinement = self._parser(self.default_prealign).get_parsed_content("refinement")
+        if data.get("refine_steps") is not None:  # this request's own copy: the parsed one serves every request
+            refinement = copy.copy(refinement)
+            refinement.steps = int(data["refine_steps"])
+        data.update(
+            register_item(network, self.inferer(data), data, torch.device(device), name=name, refinement=refinement)
+        )
         return data
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
@@ -201,6 +214,8 @@ class RegistrationInferTask(BasicInferTask):
                 "folding_percent": round(float(data["folding_percent"]), 6),
                 "jacobian_min": round(float(data["jacobian"].min()), 6),
                 "runtime_s": round(float(data["runtime_s"]), 4),
+                "refine_s": round(float(data["refine_s"]), 4),
+                "refine_steps": int(data["refine_steps"]),
             },
             "outputs": outputs,
         }

@@ -33,6 +33,23 @@ class AutoRegPairNet(AutoRegNet):
         ddf = net(torch.cat([moving, fixed], dim=1))  # (B, 3, D, H, W)
     """
 
+    def fields(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The displacement and its pyramid (what :class:`AutoRegNet` returns) for the stacked pair.
+
+        Args:
+            image: ``(B, 2 * in_channels, *S)``, the moving image's channels first.
+
+        Returns:
+            ``(ddf, pyramid)``: ``(B, N, *S)`` displacement in voxels and the fields at 1/2, 1/4, ... of ``S``
+            (what :class:`~autoreg_monai.engines.TestTimeRefinement` starts from).
+        """
+        channels = self.in_channels
+        if image.ndim != self.spatial_dims + 2 or image.shape[1] != 2 * channels:
+            raise ValueError(
+                f"expected the stacked pair (B, {2 * channels}, *S) = [moving, fixed], got {tuple(image.shape)}"
+            )
+        return super().forward(image[:, :channels], image[:, channels:])
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Args:
             image: ``(B, 2 * in_channels, *S)``, the moving image's channels first.
@@ -40,10 +57,4 @@ class AutoRegPairNet(AutoRegNet):
         Returns:
             ``(B, N, *S)`` displacement in voxels (the pull-back convention of MONAI's ``Warp``).
         """
-        channels = self.in_channels
-        if image.ndim != self.spatial_dims + 2 or image.shape[1] != 2 * channels:
-            raise ValueError(
-                f"expected the stacked pair (B, {2 * channels}, *S) = [moving, fixed], got {tuple(image.shape)}"
-            )
-        ddf, _ = super().forward(image[:, :channels], image[:, channels:])
-        return ddf
+        return self.fields(image)[0]

@@ -8,21 +8,24 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""AutoReg losses: MIND-SSC, the resolution-pyramid similarity, ``L_reg`` and the warped-label Dice."""
+"""AutoReg losses: LNCC with box sums, MIND-SSC, the resolution-pyramid similarity, ``L_reg`` and the warped-label Dice."""
 
 from __future__ import annotations
 
 from .label_dice import WarpedLabelDiceLoss, one_hot_labels
+from .lncc import BoxLNCCLoss, box_sum
 from .mind import MINDSSCLoss, mind_ssc
 from .pyramid import PyramidSimilarityLoss
 from .registration import LNCC_KERNEL_SIZES, RegistrationLoss, build_similarities
 
 __all__ = [
+    "BoxLNCCLoss",
     "LNCC_KERNEL_SIZES",
     "MINDSSCLoss",
     "PyramidSimilarityLoss",
     "RegistrationLoss",
     "WarpedLabelDiceLoss",
+    "box_sum",
     "build_similarities",
     "mind_ssc",
     "one_hot_labels",

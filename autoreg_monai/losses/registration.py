@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+from monai.losses import DiffusionLoss
 from torch.nn.modules.loss import _Loss
 
+from autoreg_monai.losses.lncc import BoxLNCCLoss
 from autoreg_monai.losses.mind import MINDSSCLoss
 from autoreg_monai.losses.pyramid import PyramidSimilarityLoss
 
@@ -31,14 +32,14 @@ def build_similarities(name: str, spatial_dims: int = 3, num_levels: int = 3) ->
     """The default similarity of each pyramid level (full resolution first).
 
     Args:
-        name: ``"lncc"`` (same contrast; MONAI's LNCC with windows 9, 7, 5) or ``"mind"`` (cross contrast;
-            MIND-SSC with radius 2 and dilation 2 at every level).
+        name: ``"lncc"`` (same contrast; MONAI's LNCC with windows 9, 7, 5, summed by :class:`BoxLNCCLoss`) or
+            ``"mind"`` (cross contrast; MIND-SSC with radius 2 and dilation 2 at every level).
         spatial_dims: 2 or 3.
         num_levels: number of levels.
     """
     if name == "lncc":
         sizes = [LNCC_KERNEL_SIZES[min(k, len(LNCC_KERNEL_SIZES) - 1)] for k in range(num_levels)]
-        return [LocalNormalizedCrossCorrelationLoss(spatial_dims=spatial_dims, kernel_size=k) for k in sizes]
+        return [BoxLNCCLoss(spatial_dims=spatial_dims, kernel_size=k) for k in sizes]
     if name == "mind":
         return [MINDSSCLoss(spatial_dims=spatial_dims) for _ in range(num_levels)]
     raise ValueError(f"unknown similarity {name!r}; use 'lncc' (same contrast) or 'mind' (cross contrast)")

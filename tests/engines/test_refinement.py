@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
 
 from autoreg_monai.engines import RegistrationEvalStep, RegistrationInferStep, TestTimeRefinement
-from autoreg_monai.losses import RegistrationLoss
+from autoreg_monai.losses import MINDSSCLoss, RegistrationLoss
 from autoreg_monai.metrics import folding_percentage
 from autoreg_monai.networks import AutoRegNet, Genotype
 
@@ -148,5 +149,5 @@ def test_the_config_keys_reach_the_refinement(bundle, monkeypatch):
         refinement = step.refinement
         assert refinement.steps == 3 and refinement.learning_rate == 0.05
         assert refinement.loss_weights.tolist() == pytest.approx(list(genotype.loss_weights))
-        similarity = type(refinement.registration_loss.similarity.similarities[0]).__name__
-        assert similarity == ("MINDSSCLoss" if bundle == "brain_t1t2" else "LocalNormalizedCrossCorrelationLoss")
+        similarity = refinement.registration_loss.similarity.similarities[0]
+        assert isinstance(similarity, MINDSSCLoss if bundle == "brain_t1t2" else LocalNormalizedCrossCorrelationLoss)

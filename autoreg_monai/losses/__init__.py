@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""AutoReg losses: LNCC with box sums, MIND-SSC, the resolution-pyramid similarity, ``L_reg`` and the warped-label Dice."""
+"""AutoReg losses: LNCC by box sums, MIND-SSC, the pyramid similarity, ``L_reg`` and the warped-label Dice."""
 
 from __future__ import annotations
 

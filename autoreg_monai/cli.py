@@ -289,7 +289,7 @@ def fetch(source: str, out: str = "bundles_fetched", sha256: str | None = None, 
     Example::
 
         autoreg fetch --source dist/brain_t1.zip --out ~/autoreg
-        autoreg register --bundle ~/autoreg/brain_t1_v0.4.0 --fixed f.nii.gz --moving m.nii.gz
+        autoreg register --bundle ~/autoreg/brain_t1_v0.5.0 --fixed f.nii.gz --moving m.nii.gz
     """
     folder = fetch_bundle(source, out, sha256)
     _say(quiet, f"bundle ready in {folder} (run monai.bundle commands from {folder.parent.parent})")

@@ -98,33 +98,37 @@ def test_search_cost_times_one_and_two_processes(tmp_path):
     assert rows[("cpu", 2)]["threads_per_process"] == max((os.cpu_count() or 1) // 2, 1)
 
 
-def test_accuracy_scores_every_method_on_a_real_pair(sample_data, tmp_path):
+def test_accuracy_scores_every_method_on_a_real_pair_at_its_own_resolution(sample_data, tmp_path):
     ixi = sample_data / "ixi_dlmuse"
-    pair_sets = {
-        "ixi": {
-            "test": [{"image": str(next(ixi.glob("IXI013*_T1w_2mm.nii.gz"))),
-                      "label": str(next(ixi.glob("IXI013*_dlmuse_2mm.nii.gz")))}],
-            "atlas": {"image": str(next(ixi.glob("IXI012*_T1w_2mm.nii.gz"))),
-                      "label": str(next(ixi.glob("IXI012*_dlmuse_2mm.nii.gz")))},
+    pairs = [
+        {
+            "name": "IXI013->IXI012",
+            "moving": str(next(ixi.glob("IXI013*_T1w_2mm.nii.gz"))),
+            "moving_label": str(next(ixi.glob("IXI013*_dlmuse_2mm.nii.gz"))),
+            "fixed": str(next(ixi.glob("IXI012*_T1w_2mm.nii.gz"))),
+            "fixed_label": str(next(ixi.glob("IXI012*_dlmuse_2mm.nii.gz"))),
         }
-    }  # fmt: skip
-    (tmp_path / "pairs.json").write_text(json.dumps(pair_sets))
+    ]
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
     out = tmp_path / "accuracy.json"
     result = _run(
-        "accuracy.py", "--datalist", str(tmp_path / "pairs.json"), "--epochs", "1", "--threads", "1",
-        "--demo_options", '{"num_training": 2, "num_validation": 1, "num_test": 1, "size": 32}', "--out", str(out),
+        "accuracy.py", "--pairs", str(tmp_path / "pairs.json"), "--methods", "affine,demons,autoreg",
+        "--refine_steps", "4", "--threads", "1", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| pairs | method | mean Dice |" in result.stdout
+    assert "| pair | method | mean Dice | % folded | HD95 (mm) | s per pair |" in result.stdout
     report = json.loads(out.read_text())
-    methods = report["summary"]["ixi"]
-    installed = {name for name, module in OPTIONAL_PEERS.items() if importlib.util.find_spec(module) is not None}
-    assert set(methods) == {"identity", "demons", "bspline", "autoreg", "autoreg_retrained", "voxelmorph"} | installed
-    for name, row in methods.items():
+    rows = {row["method"]: row for row in report["pairs"]}
+    assert set(rows) == {"affine", "demons", "autoreg", "autoreg+refine4"} == set(report["summary"])
+    for name, row in rows.items():
         assert 0 < row["mean_dice"] <= 1 and row["seconds"] > 0 and row["folding_percent"] >= 0, name
-    assert report["pairs"][0]["labels"] > 100  # DLMUSE regions shared by the two real label maps
-    assert methods["identity"]["folding_percent"] == 0
-    assert set(report["training_seconds"]) == {"autoreg_retrained", "voxelmorph"}
+        assert row["labels"] > 100 and 0 < row["hd95_mm"] < 50, name  # DLMUSE regions of both maps, in mm
+    assert rows["affine"]["folding_percent"] == 0
+    assert rows["demons"]["mean_dice"] > rows["affine"]["mean_dice"]
+    assert rows["autoreg+refine4"]["mean_dice"] > rows["autoreg"]["mean_dice"]  # four steps already add
+    grid = rows["autoreg"]["working_grid"]  # 2 mm voxels over a 240 x 240 x 180 mm head, padded to multiples of 8
+    assert all(size % 8 == 0 for size in grid) and 80 <= min(grid) and max(grid) <= 128, grid
+    assert rows["autoreg+refine4"]["refine_seconds"] > 0 == rows["autoreg"]["refine_seconds"]
 
 
 def _benchmark_module(name: str):

@@ -73,9 +73,12 @@ def test_register_real_scans_not_pre_aligned(sample_data, tmp_path):
             str(out),
             "--prealign",
             mode,
+            "--refine",
+            "2",
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert "folded voxels" in result.stdout and "NCC" in result.stdout
+        assert "for 2 steps)" in result.stdout  # the flag reaches the refinement
         stem = "IXI013-HH-1212_T1w_2mm_to_IXI012-HH-1211_T1w_2mm"
         expected = {f"{stem}_{w}.nii.gz" for w in ("warped", "ddf", "jacobian", "warped_label")}
         if mode == "affine":
@@ -98,8 +101,9 @@ def test_register_onto_a_dicom_series(sample_data, tmp_path):
     moving = _ixi(sample_data, "IXI014")
     out = tmp_path / "out"
     result = autoreg(
-        "register", "--fixed", str(series), "--moving", str(moving), "--bundle", str(BUNDLE), "--out", str(out)
-    )
+        "register", "--fixed", str(series), "--moving", str(moving), "--bundle", str(BUNDLE), "--out", str(out),
+        "--refine", "0",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))

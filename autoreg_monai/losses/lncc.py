@@ -39,6 +39,8 @@ def box_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """
     radius = kernel_size // 2
     spatial_dims = x.ndim - 2
+    dtype = x.dtype
+    x = x.double()  # running sums in float64: their differences keep float32's precision over long axes
     for axis in range(2, x.ndim):
         size = x.shape[axis]
         padding = [0, 0] * spatial_dims
@@ -46,7 +48,7 @@ def box_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
         padding[position], padding[position + 1] = radius + 1, radius
         running = F.pad(x, padding).cumsum(axis)
         x = running.narrow(axis, kernel_size, size) - running.narrow(axis, 0, size)
-    return x
+    return x.to(dtype)
 
 
 class BoxLNCCLoss(LocalNormalizedCrossCorrelationLoss):

@@ -81,7 +81,12 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2, eps: float
     batch, channels, num_pairs = squared.shape[:3]
     squared = squared.reshape(batch, channels * num_pairs, *size)
     kernel = 2 * radius + 1
-    ssd = _AVG_POOL[spatial_dims](F.pad(squared, [radius] * (2 * spatial_dims), mode="replicate"), kernel, stride=1)
+    # mean over the patch (edges replicated), one axis at a time: kernel taps per axis instead of kernel**dims
+    ssd = F.pad(squared, [radius] * (2 * spatial_dims), mode="replicate")
+    for axis in range(spatial_dims):
+        window = [1] * spatial_dims
+        window[axis] = kernel
+        ssd = _AVG_POOL[spatial_dims](ssd, tuple(window), stride=1)
     ssd = ssd.reshape(batch, channels, num_pairs, *size)
 
     mind = ssd - ssd.min(dim=2, keepdim=True).values

@@ -111,6 +111,8 @@ def test_shipped_brain_model_on_the_real_pair(bundle, which, sample_data, tmp_pa
     monkeypatch.chdir(REPO_ROOT)
     pair = _real_pair(sample_data, which)
     out = tmp_path / "results"
+    # brain_t1 as `autoreg register` runs it (the bundle's refine_steps); the others' refinement briefly (speed)
+    refine = {} if bundle == "brain_t1" else {"refine_steps": 2}
     run(
         "run",
         **_config(bundle, "inference"),
@@ -119,6 +121,7 @@ def test_shipped_brain_model_on_the_real_pair(bundle, which, sample_data, tmp_pa
         moving=str(pair["moving"]),
         fixed=str(pair["fixed"]),
         moving_label=str(pair["moving_label"]),
+        **refine,
     )
     stem = pair_file_stem(f"{pair['moving'].name} -> {pair['fixed'].name}")
     fixed_nib = nib.load(pair["fixed"])

@@ -114,3 +114,30 @@ def test_fit_to_size_is_isotropic_in_millimetres_and_keeps_the_world_position():
     fitted = FitToSized("image", (32, 32, 32))({"image": box})["image"]
     assert fitted.shape == (1, 32, 32, 32) and fitted[0].sum(dim=(1, 2)).gt(0).sum() == 32
     assert int(fitted[0, 16].gt(0.5).sum()) == 8 * 16
+
+
+def test_fit_to_spacing_resamples_to_that_resolution_and_pads_to_a_multiple_of_eight():
+    """``spacing``: the grid follows the scan's extent at 2 mm, padded to multiples of 8; the ball stays put."""
+    affine = torch.diag(torch.tensor([1.0, 1.0, 1.5, 1.0], dtype=torch.float64))  # 100 x 70 x 60 mm
+    image = MetaTensor(_ball(affine, (100, 70, 40), (50.0, 35.0, 30.0), 20.0).float(), affine=affine)
+    label = MetaTensor(image.long() * 5, affine=affine)
+    fit = FitToSized(
+        ["image", "label"], (128, 128, 128), mode=["trilinear", "nearest"], anti_aliasing=[True, False], spacing=2.0
+    )
+    out = fit({"image": image, "label": label})
+    for key in ("image", "label"):
+        assert out[key].shape == (1, 56, 40, 32)  # 50, 35, 30 voxels of 2 mm, padded to multiples of 8
+        spacing = np.linalg.norm(np.asarray(out[key].affine)[:3, :3], axis=0)
+        assert np.allclose(spacing, 2.0, atol=1e-6)
+    assert set(out["label"].unique().tolist()) == {0.0, 5.0}
+    points = grid_world_points(out["image"].affine, out["image"].shape[1:])
+    weights = out["image"][0].double()
+    centre = (points * weights).sum(dim=(1, 2, 3)) / weights.sum()
+    assert torch.allclose(centre, torch.tensor([49.5, 34.5, 29.25], dtype=torch.float64), atol=1.0)
+    # a field of view larger than spatial_size voxels of 2 mm: the cap wins, coarser voxels
+    capped = FitToSized("image", (32, 32, 32), spacing=2.0)({"image": image})["image"]
+    assert max(capped.shape[1:]) == 32
+    coarser = np.linalg.norm(np.asarray(capped.affine)[:3, :3], axis=0)  # 100 / 32 mm, up to rounding per axis
+    assert np.allclose(coarser, 100 / 32, atol=0.06), coarser
+    with pytest.raises(ValueError, match="spacing must be a positive size in mm"):
+        FitToSized("image", (32, 32, 32), spacing=0.0)

@@ -45,7 +45,9 @@ def pair(sample_data: Path) -> tuple[str, str]:
 def test_each_request_writes_its_own_folder_and_returns_a_copy(task: RegistrationInferTask, pair) -> None:
     moving, fixed = pair
     request = {"image": moving, "fixed": fixed, "device": "cpu", "prealign": "none", "main_output": "ddf"}
+    request["refine_steps"] = 2
     sent, result = task(request)
+    assert result["metrics"]["refine_steps"] == 2 and result["metrics"]["refine_s"] > 0
     assert request["save_label"] is False  # the app must not store the result as a label of the moving image
     folder = task.output_dir / result["request_id"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -69,10 +71,12 @@ def test_moving_name_names_the_files_of_an_upload(task: RegistrationInferTask, p
     moving, fixed = pair
     upload = tmp_path / "tmpk2x9a1qz.nii.gz"  # what MONAI Label makes of an uploaded file
     shutil.copy(moving, upload)
-    sent, result = task({"image": str(upload), "fixed": fixed, "device": "cpu", "prealign": "none"})
+    sent, result = task({"image": str(upload), "fixed": fixed, "device": "cpu", "prealign": "none", "refine_steps": 0})
     assert result["pair"] == "tmpk2x9a1qz_to_IXI013-HH-1212_T1w_2mm"
+    assert result["metrics"]["refine_steps"] == 0 and result["metrics"]["refine_s"] == 0
     Path(sent).unlink()
     request = {"image": str(upload), "fixed": fixed, "device": "cpu", "prealign": "none", "moving_name": "sub 01/T1"}
+    request["refine_steps"] = 0
     sent, result = task(request)
     assert result["pair"] == "sub_01_T1_to_IXI013-HH-1212_T1w_2mm"
     assert Path(result["outputs"]["warped"]).name == "sub_01_T1_to_IXI013-HH-1212_T1w_2mm_warped.nii.gz"
@@ -91,7 +95,7 @@ def test_a_request_failing_while_writing_leaves_no_folder(
 
     monkeypatch.setattr(infer_task, "atomic_write", full_disk)  # the images are written, then result.json fails
     with pytest.raises(OSError, match="No space left on device"):
-        task({"image": moving, "fixed": fixed, "device": "cpu", "prealign": "none"})
+        task({"image": moving, "fixed": fixed, "device": "cpu", "prealign": "none", "refine_steps": 0})
     assert sorted(p.name for p in task.output_dir.iterdir()) == before
 
 
@@ -103,6 +107,8 @@ def test_unknown_options_are_refused(task: RegistrationInferTask, pair) -> None:
         task({"image": moving, "fixed": fixed, "device": "cpu", "main_output": "label"})
     with pytest.raises(ValueError, match="prealign must be one of"):
         task({"image": moving, "fixed": fixed, "device": "cpu", "prealign": "bspline"})
+    with pytest.raises(ValueError, match="refine_steps must be a whole number >= 0, got -3"):
+        task({"image": moving, "fixed": fixed, "device": "cpu", "refine_steps": -3})
 
 
 def test_weights_that_do_not_fit_the_genotype_are_refused(tmp_path: Path, pair) -> None:

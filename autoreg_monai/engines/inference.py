@@ -137,7 +137,7 @@ def register_item(
     Args:
         network: an :class:`~autoreg_monai.networks.AutoRegPairNet` (in eval mode) on ``device``.
         inferer: called as ``inferer(image, network)`` with ``image`` ``(1, 2, *W)``, returning ``(1, 3, *W)``;
-            not used with ``refinement``, which needs the network's pyramid
+            not used when ``refinement`` takes steps: it needs the network's pyramid
             (:meth:`~autoreg_monai.networks.AutoRegPairNet.fields`).
         item: one pair as the bundle's inference preprocessing makes it (not batched): ``moving_image``,
             ``fixed_image`` (working grid, MetaTensors), ``moving_original``, ``fixed_original`` (as loaded),
@@ -158,6 +158,8 @@ def register_item(
     working_affine = _affine_of(fixed_work, "fixed_image")
     image = torch.cat([moving_work.as_tensor(), fixed_work.as_tensor()])[None].to(device)
     refine_s, refine_steps = 0.0, 0
+    if refinement is not None and refinement.steps == 0:
+        refinement = None  # the network alone: not even the loss of its field is evaluated
     with torch.no_grad():
         start = time.perf_counter()
         if refinement is None:

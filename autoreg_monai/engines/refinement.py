@@ -83,13 +83,14 @@ class TestTimeRefinement:
             pyramid (1 = 1/2 of the working grid, 2 = 1/4); the default ``(2, 1)`` ends on the network's own
             output grid.
         learning_rate: Adam's step size, in voxels of the level's grid.
-        integration_steps: scaling-and-squaring steps of the residual velocity.
+        integration_steps: scaling-and-squaring steps of the residual velocity (7: on real brain pairs 5 steps
+            left up to 0.16 % folded voxels after 40 steps of refinement, 7 about 0.02 %).
 
     Example::
 
-        refine = TestTimeRefinement(RegistrationLoss("lncc"), genotype.loss_weights, steps=60)
-        ddf, pyramid = net(moving, fixed)
-        ddf, pyramid, report = refine(moving, fixed, pyramid)
+        refine = TestTimeRefinement(RegistrationLoss("lncc"), genotype.loss_weights, steps=30)
+        ddf, pyramid = net(moving, fixed)  # an AutoRegNet, (1, 3, *S) and its 1/2, 1/4 fields
+        ddf, pyramid, report = refine(moving, fixed, ddf, pyramid)
     """
 
     __test__ = False  # not a pytest class, despite its name
@@ -98,10 +99,10 @@ class TestTimeRefinement:
         self,
         registration_loss: RegistrationLoss,
         loss_weights: Sequence[float] | torch.Tensor,
-        steps: int = 60,
+        steps: int = 30,
         levels: Sequence[int] = (2, 1),
-        learning_rate: float = 0.2,
-        integration_steps: int = 5,
+        learning_rate: float = 0.15,
+        integration_steps: int = 7,
     ) -> None:
         weights = torch.as_tensor(loss_weights, dtype=torch.float32).detach()
         if weights.shape != (registration_loss.num_terms,):

@@ -134,9 +134,8 @@ class RegistrationEvalStep:
 
     The engine output holds ``(B, ...)`` tensors: ``moving_image``, ``fixed_image``, ``warped_image``
     (bilinear), ``ddf`` (voxels), ``runtime`` (seconds per pair of the forward pass and the refinement) and,
-    when the pair has
-    label maps, ``moving_label``, ``fixed_label``, ``warped_label`` (nearest neighbour), ``pred`` and
-    ``label`` (one-hot, float).
+    when the pair has label maps, ``moving_label``, ``fixed_label``, ``warped_label`` (nearest neighbour),
+    ``pred`` and ``label`` (one-hot, float).
     """
 
     def __init__(self, labels: Sequence[int], refinement: TestTimeRefinement | None = None) -> None:
@@ -153,7 +152,7 @@ class RegistrationEvalStep:
                 torch.cuda.synchronize(moving.device)
             start = time.perf_counter()
             ddf, pyramid = engine.network(moving, fixed)
-            if self.refinement is not None:
+            if self.refinement is not None and self.refinement.steps > 0:
                 ddf = torch.cat(
                     [
                         self.refinement(

@@ -407,29 +407,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Genotype.from_json(bundle_parser.get_parsed_content("genotype"))  # the genotype file must load
     classical = classical_methods(names)
     per_pair: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
     with torch.no_grad():
-        for pair in pairs:
+        for pair in pairs:  # the JSON is rewritten after every pair: an interrupted run keeps what it measured
             per_pair += register_pair(pair, classical, budgets, bundle_parser, network)
-    methods = list(dict.fromkeys(row["method"] for row in per_pair))
-    summary = {
-        method: {
-            key: statistics.fmean(r[key] for r in per_pair if r["method"] == method)
-            for key in ("mean_dice", "hd95_mm", "folding_percent", "seconds")
-        }
-        for method in methods
-    }
-    result = {
-        "benchmark": "accuracy",
-        "bundle": args.bundle,
-        "model": str(args.model or f"bundles/{args.bundle}/models/model.pt"),
-        "threads": args.threads,
-        "refine_steps": budgets,
-        "machine": machine("cpu"),
-        "summary": summary,
-        "pairs": per_pair,
-    }
-    print(table(summary, per_pair))
-    print(f"wrote {write_json(result, args.out)}")
+            methods = list(dict.fromkeys(row["method"] for row in per_pair))
+            summary = {
+                method: {
+                    key: statistics.fmean(r[key] for r in per_pair if r["method"] == method)
+                    for key in ("mean_dice", "hd95_mm", "folding_percent", "seconds")
+                }
+                for method in methods
+            }
+            result = {
+                "benchmark": "accuracy",
+                "bundle": args.bundle,
+                "model": str(args.model or f"bundles/{args.bundle}/models/model.pt"),
+                "threads": args.threads,
+                "refine_steps": budgets,
+                "machine": machine("cpu"),
+                "complete": len({row["pair"] for row in per_pair}) == len(pairs),
+                "summary": summary,
+                "pairs": per_pair,
+            }
+            write_json(result, args.out)
+    print(table(result["summary"], per_pair))
+    print(f"wrote {args.out}")
     return result
 
 

@@ -104,12 +104,7 @@ class TestTimeRefinement:
         learning_rate: float = 0.15,
         integration_steps: int = 7,
     ) -> None:
-        weights = torch.as_tensor(loss_weights, dtype=torch.float32).detach()
-        if weights.shape != (registration_loss.num_terms,):
-            raise ValueError(
-                f"the registration loss has {registration_loss.num_terms} terms but {tuple(weights.shape)} loss "
-                "weights were given"
-            )
+        weights = registration_loss.check_weights(loss_weights)
         if int(steps) < 0:
             raise ValueError(f"refinement steps must be >= 0, got {steps}")
         levels = tuple(int(level) for level in levels)

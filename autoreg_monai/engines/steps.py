@@ -73,12 +73,7 @@ class RegistrationTrainStep:
         max_bad_steps: int = 5,
         amp: bool = False,
     ) -> None:
-        weights = torch.as_tensor(loss_weights, dtype=torch.float32).detach()
-        if weights.shape != (registration_loss.num_terms,):
-            raise ValueError(
-                f"the registration loss has {registration_loss.num_terms} terms but {tuple(weights.shape)} weights "
-                "were given: the genotype's loss_weights must come from a search with the same number of scales"
-            )
+        weights = registration_loss.check_weights(loss_weights)
         if label_weight > 0 and label_loss is None:
             raise ValueError("label_weight > 0 needs a label_loss")
         self.registration_loss = registration_loss

@@ -93,6 +93,20 @@ class RegistrationLoss(_Loss):
         """Number of terms, i.e. of weights λ (``num_scales + 2``)."""
         return self.num_scales + 2
 
+    def check_weights(self, weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """λ as a detached float32 ``(num_terms,)`` tensor.
+
+        Raises:
+            ValueError: ``weights`` does not hold one value per term.
+        """
+        checked = torch.as_tensor(weights, dtype=torch.float32).detach()
+        if checked.shape != (self.num_terms,):
+            raise ValueError(
+                f"the registration loss has {self.num_terms} terms but {tuple(checked.shape)} loss weights were "
+                "given: the genotype's loss_weights must come from a search with the same number of scales"
+            )
+        return checked
+
     def terms(
         self, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor, pyramid: Sequence[torch.Tensor]
     ) -> torch.Tensor:

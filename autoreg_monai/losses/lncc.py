@@ -27,16 +27,8 @@ from monai.utils import LossReduction
 __all__ = ["BoxLNCCLoss", "box_sum"]
 
 
-def box_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Sum of ``x`` over a centred box of side ``kernel_size`` around each voxel (zero padding).
-
-    Args:
-        x: ``(B, C, *S)``.
-        kernel_size: odd window side.
-
-    Returns:
-        ``(B, C, *S)``, what a convolution with a ``kernel_size``-wide box of ones and zero padding gives.
-    """
+def _running_box_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """:func:`box_sum`'s computation: differences of float64 running sums along each spatial axis."""
     radius = kernel_size // 2
     spatial_dims = x.ndim - 2
     dtype = x.dtype
@@ -49,6 +41,41 @@ def box_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
         running = F.pad(x, padding).cumsum(axis)
         x = running.narrow(axis, kernel_size, size) - running.narrow(axis, 0, size)
     return x.to(dtype)
+
+
+class _BoxSum(torch.autograd.Function):
+    """The box sum as one autograd node: a centred odd box with zero padding is its own adjoint.
+
+    Differentiating through the running sums would flip, pad and slice every map in the backward pass
+    (three times the forward's cost on a CPU); the adjoint is the same box sum of the incoming gradient,
+    itself differentiable (second-order hypergradients go through it).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        ctx.kernel_size = kernel_size  # type: ignore[attr-defined]
+        return _running_box_sum(x, kernel_size)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _BoxSum.apply(grad, ctx.kernel_size), None  # type: ignore[attr-defined]
+
+
+def box_sum(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Sum of ``x`` over a centred box of side ``kernel_size`` around each voxel (zero padding).
+
+    Args:
+        x: ``(B, C, *S)``.
+        kernel_size: odd window side.
+
+    Returns:
+        ``(B, C, *S)``, what a convolution with a ``kernel_size``-wide box of ones and zero padding gives;
+        differentiable to any order (the gradient of a box sum is the box sum of the gradient).
+    """
+    if kernel_size % 2 != 1:
+        raise ValueError(f"box_sum needs an odd window side, got {kernel_size}")
+    result: torch.Tensor = _BoxSum.apply(x, int(kernel_size))
+    return result
 
 
 class BoxLNCCLoss(LocalNormalizedCrossCorrelationLoss):
@@ -73,8 +100,11 @@ class BoxLNCCLoss(LocalNormalizedCrossCorrelationLoss):
         if not bool(torch.all(self.kernel == 1)) or pred.ndim != self.ndim + 2 or target.shape != pred.shape:
             return super().forward(pred, target)  # other windows, and MONAI's own messages for bad shapes
         channels = pred.shape[1]
-        sums = box_sum(torch.cat([target, pred, target * target, pred * pred, target * pred], dim=1), self.kernel_size)
-        t_sum, p_sum, t2_sum, p2_sum, tp_sum = sums.split(channels, dim=1)
+        # the fixed image's sums apart: no gradient flows back through them when only pred requires one
+        t_sum, t2_sum = box_sum(torch.cat([target, target * target], dim=1), self.kernel_size).split(channels, dim=1)
+        p_sum, p2_sum, tp_sum = box_sum(
+            torch.cat([pred, pred * pred, target * pred], dim=1), self.kernel_size
+        ).split(channels, dim=1)
         volume = float(self.kernel_size**self.ndim)
         t_avg, p_avg = t_sum / volume, p_sum / volume
         cross = tp_sum - p_avg * t_sum

@@ -27,7 +27,6 @@ warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multid
 from . import data, engines, search  # subpackages reachable as autoreg_monai.data, ... in bundle configs
 from ._version import __version__
 from .checkpoint import load_model, read_model_file, save_model
-from .io import atomic_write
 from .losses import (
     MINDSSCLoss,
     PyramidSimilarityLoss,
@@ -64,6 +63,7 @@ from .networks import (
     resize_ddf,
     resize_image,
 )
+from .utils import atomic_path, atomic_write
 
 __all__ = [
     "DEFAULT_LOSS_WEIGHTS",
@@ -86,6 +86,7 @@ __all__ = [
     "data",
     "engines",
     "search",
+    "atomic_path",
     "atomic_write",
     "build_similarities",
     "derive_cell_ops",

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from autoreg_monai._version import __version__
-from autoreg_monai.io import atomic_write
 from autoreg_monai.networks.genotype import Genotype
 from autoreg_monai.networks.nets.autoregnet import AutoRegBase, AutoRegNet, AutoRegSearchNet
+from autoreg_monai.utils.atomic import atomic_write
 
 __all__ = [
     "MODEL_CLASSES",

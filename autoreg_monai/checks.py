@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from tqdm import tqdm
 
-__all__ = ["check_datalist", "check_label_map", "check_scan", "field_of_view_warning"]
+__all__ = ["check_datalist", "check_label_map", "check_scan", "dicom_slice_gap", "field_of_view_warning"]
 
 
 def check_scan(path: str | Path, role: str = "image") -> MetaTensor:
@@ -39,6 +39,10 @@ def check_scan(path: str | Path, role: str = "image") -> MetaTensor:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: {role} not found")
+    if path.is_dir():
+        gap = dicom_slice_gap(path)
+        if gap:
+            raise ValueError(f"{path}: the {role}'s DICOM series {gap}")
     try:
         image = LoadImage(image_only=True)(str(path))
     except Exception as error:  # MONAI's readers raise many types for an unreadable file
@@ -60,6 +64,48 @@ def check_scan(path: str | Path, role: str = "image") -> MetaTensor:
     if float(data.max()) <= float(data.min()):
         raise ValueError(f"{path}: the {role} is constant (every voxel is {float(data.min())})")
     return image
+
+
+def dicom_slice_gap(folder: str | Path, tolerance: float = 0.05) -> str | None:
+    """Why a DICOM series folder does not sample one regular grid, or ``None`` when it does.
+
+    The slices' positions along the series' normal (``ImagePositionPatient`` projected on the cross product
+    of ``ImageOrientationPatient``) must be evenly spaced: a slice missing in the middle would otherwise be
+    stacked as if it were there, every slice after it placed off by one spacing.
+
+    Args:
+        folder: the series folder (files that are not DICOM images are skipped).
+        tolerance: largest relative difference of a spacing from the median spacing.
+
+    Returns:
+        e.g. ``"has a gap of 9.89 mm between slices 17 and 18 (the others 4.945 mm apart): a slice is missing"``.
+    """
+    import pydicom
+
+    positions = []
+    for file in sorted(Path(folder).iterdir()):
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+            orientation = np.asarray(header.ImageOrientationPatient, dtype=np.float64)
+            position = np.asarray(header.ImagePositionPatient, dtype=np.float64)
+        except Exception:  # not a DICOM image: MONAI's reader skips it too
+            continue
+        positions.append(float(np.dot(np.cross(orientation[:3], orientation[3:]), position)))
+    if len(positions) < 3:
+        return None
+    spacings = np.diff(np.sort(positions))
+    usual = float(np.median(spacings))
+    if usual <= 0:
+        return "has several slices at the same position: it mixes series or echoes; export one series per folder"
+    odd = np.flatnonzero(np.abs(spacings - usual) > max(tolerance * usual, 0.01))
+    if odd.size == 0:
+        return None
+    worst = int(odd[np.argmax(np.abs(spacings[odd] - usual))])
+    cause = "a slice is missing" if spacings[worst] > usual else "slices overlap"
+    return (
+        f"has a gap of {spacings[worst]:.3f} mm between slices {worst + 1} and {worst + 2} (the others "
+        f"{usual:.3f} mm apart): {cause}; export the complete series"
+    )
 
 
 def check_label_map(path: str | Path, image: MetaTensor, image_path: str | Path) -> MetaTensor:

@@ -40,7 +40,7 @@ from autoreg_monai.checkpoint import save_model
 from autoreg_monai.checks import check_label_map, check_scan, field_of_view_warning
 from autoreg_monai.data.folder import datalist_from_folder, write_datalist
 from autoreg_monai.data.phantom import PHANTOM_LABELS, make_phantom_pair
-from autoreg_monai.io import atomic_write
+from autoreg_monai.engines.report import pair_file_stem
 from autoreg_monai.label.app_config import write_app
 from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.metrics import dice_per_label, folding_percentage, ncc, std_log_jacobian, warp_labels
@@ -50,6 +50,8 @@ from autoreg_monai.packaging import fetch_bundle, package_bundle
 from autoreg_monai.prealign import PREALIGN_MODES
 from autoreg_monai.resources import check_memory
 from autoreg_monai.search.searcher import format_genotype
+from autoreg_monai.utils.atomic import atomic_write
+from autoreg_monai.utils.staging import StagedOutputs
 
 __all__ = [
     "datalist",
@@ -71,6 +73,10 @@ def _say(quiet: bool, message: str) -> None:
         print(message, flush=True)
 
 
+REGISTER_OUTPUTS = ("warped.nii.gz", "ddf.nii.gz", "jacobian.nii.gz", "warped_label.nii.gz", "affine.tfm")
+"""What ``register`` can write for a pair, after ``<moving>_to_<fixed>_`` (the bundles' inference postprocessing)."""
+
+
 def register(
     fixed: str,
     moving: str,
@@ -82,6 +88,7 @@ def register(
     quiet: bool = False,
     trust_bundle: bool = False,
     refine: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Register a moving scan to a fixed scan with a bundle's trained network.
 
@@ -101,8 +108,11 @@ def register(
         quiet: print nothing but errors.
         trust_bundle: run a bundle whose configs use code outside the allowed packages (autoreg_monai, monai,
             torch); without it such a bundle is refused before anything of it runs (docs/security.md).
-        refine: test-time refinement steps (default: the bundle's ``refine_steps``, 30 for the brain bundles);
-            0: the network alone, fastest.
+        refine: test-time refinement steps (default: the bundle's ``refine_steps``, 10); 0: the network alone,
+            fastest.
+        overwrite: replace the files of an earlier registration of the same pair in ``out``; without it such
+            files make ``register`` refuse before it starts. The outputs appear together when all are written
+            (a run that is stopped leaves none of them).
 
     Example::
 
@@ -116,6 +126,11 @@ def register(
         raise ValueError(f"--device must be cpu or cuda, got {device!r}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    fixed, moving, bundle, out = str(fixed), str(moving), str(bundle), str(out)  # fire reads 20230101 as a number
+    moving_label = None if moving_label is None else str(moving_label)
+    outputs = StagedOutputs(Path(out).expanduser(), overwrite=overwrite)
+    outputs.check_folder()
+    outputs.check([f"{pair_file_stem(f'{Path(moving).name} -> {Path(fixed).name}')}_{s}" for s in REGISTER_OUTPUTS])
     folder = find_bundle(bundle, require_weights=True)
     check_bundle(folder, trust=trust_bundle)
     _say(quiet, f"[1/3] checking the scans ({Path(moving).name} -> {Path(fixed).name})")
@@ -136,6 +151,23 @@ def register(
     warning = field_of_view_warning(fixed_image, moving_image, prealign)
     if warning:
         print(f"autoreg: warning: {warning}", file=sys.stderr, flush=True)
+    with outputs:
+        return _register_staged(fixed, moving, folder, out, outputs, moving_label, device, prealign, quiet, refine)
+
+
+def _register_staged(
+    fixed: str,
+    moving: str,
+    folder: Path,
+    out: str,
+    outputs: StagedOutputs,
+    moving_label: str | None,
+    device: str,
+    prealign: str,
+    quiet: bool,
+    refine: int | None,
+) -> dict[str, Any]:
+    """:func:`register` once its inputs and output folder are checked: the workflow writes into ``outputs``."""
     _say(quiet, f"[2/3] registering with {folder.name} (pre-alignment: {prealign}, device: {device})")
     start = time.perf_counter()
     workflow = run_workflow(
@@ -145,14 +177,14 @@ def register(
         moving=moving,
         fixed=fixed,
         moving_label=moving_label,
-        results_dir=str(Path(out).expanduser().resolve()),
+        results_dir=str(outputs.staging.resolve()),
         device=f"$torch.device('{device}')",
         prealign=prealign,
         **({} if refine is None else {"refine_steps": refine}),
     )
     elapsed = time.perf_counter() - start
     result = workflow.evaluator.state.output[0]
-    outputs = sorted(p.name for p in Path(out).glob(f"{result['pair']}_*"))
+    written = outputs.publish([f"{result['pair']}_{suffix}" for suffix in REGISTER_OUTPUTS])
     summary = {
         "pair": result["pair"],
         "seconds": round(elapsed, 3),
@@ -163,9 +195,9 @@ def register(
         "ncc_prealigned": round(float(result["ncc_prealigned"]), 4),
         "ncc": round(float(result["ncc"]), 4),
         "folding_percent": round(float(result["folding_percent"]), 4),
-        "outputs": outputs,
+        "outputs": written,
     }
-    _say(quiet, f"[3/3] wrote {len(outputs)} files to {out}: {', '.join(outputs)}")
+    _say(quiet, f"[3/3] wrote {len(written)} files to {out}: {', '.join(written)}")
     _say(
         quiet,
         f"{result['pair']}: {elapsed:.1f} s in all (network {summary['network_seconds']:.3f} s, refinement "
@@ -484,7 +516,7 @@ COMMANDS = {
 """The commands of ``autoreg``."""
 
 
-_USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, KeyError)
+_USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError)  # OSError: files and folders the user named
 
 
 def _user_message(error: BaseException) -> str:
@@ -496,7 +528,7 @@ def _user_message(error: BaseException) -> str:
     """
     while (
         isinstance(error, RuntimeError)
-        and str(error).startswith(("Failed to instantiate", "Failed to evaluate"))
+        and str(error).startswith(("Failed to instantiate", "Failed to evaluate", "applying transform"))
         and isinstance(error.__cause__, _USER_ERRORS)
     ):
         error = error.__cause__

@@ -13,11 +13,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Hashable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -26,43 +24,9 @@ from monai.data import NibabelWriter
 from monai.transforms import MapTransform
 
 from autoreg_monai.prealign import write_itk_transform
+from autoreg_monai.utils.atomic import atomic_path
 
-__all__ = ["AtomicNibabelWriter", "DisplacementFieldWriter", "SaveITKTransformd", "atomic_write"]
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success flush, fsync and rename it to ``path``.
-
-    If the block raises, the temporary file is removed and ``path`` is left as it was, so readers see
-    either the old file or the complete new one, never a truncated one.
-
-    Args:
-        path: the final file name (its folder must exist).
-        mode: ``"wb"`` or ``"w"``.
-
-    Example::
-
-        with atomic_write("models/genotype.json", "w") as f:
-            json.dump(genotype.to_dict(), f)
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write supports modes 'w' and 'wb', got {mode!r}")
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+__all__ = ["AtomicNibabelWriter", "DisplacementFieldWriter", "SaveITKTransformd"]
 
 
 class AtomicNibabelWriter(NibabelWriter):
@@ -75,18 +39,8 @@ class AtomicNibabelWriter(NibabelWriter):
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
         path = Path(filename)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".", suffix=f".tmp-{path.name}", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(path) as tmp:
             super().write(tmp, verbose=verbose, **obj_kwargs)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 class DisplacementFieldWriter(AtomicNibabelWriter):

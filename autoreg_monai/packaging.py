@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 
 from monai.apps.utils import download_url
 
-from autoreg_monai.io import atomic_write
+from autoreg_monai.utils.atomic import atomic_write
 
 __all__ = ["MANIFEST", "bundle_files", "fetch_bundle", "package_bundle", "sha256_of"]
 

@@ -25,13 +25,13 @@ as an ITK ``.tfm`` file in ITK's LPS+ convention, readable by SimpleITK, ITK-SNA
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+from autoreg_monai.utils.atomic import atomic_path
 
 __all__ = [
     "PREALIGN_MODES",
@@ -224,16 +224,8 @@ def write_itk_transform(matrix: torch.Tensor | np.ndarray, path: str | Path) -> 
     transform.SetMatrix(lps[:3, :3].ravel().tolist())
     transform.SetTranslation(lps[:3, 3].tolist())
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tfm", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteTransform(transform, tmp_name)
-        with open(tmp_name, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
     return path
 
 

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from autoreg_monai.io import atomic_write
+from autoreg_monai.utils.atomic import atomic_write
 
 __all__ = ["field_to_rgb", "plot_alpha_heatmaps", "plot_loss_weight_trajectory", "plot_registration_panel"]
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
 import zipfile
 from pathlib import Path
 
@@ -270,6 +273,52 @@ def test_bad_input_is_refused_with_a_message(bad_inputs, tmp_path, autoreg_main,
     assert "autoreg: error: " in stderr and message in stderr
     assert "Traceback" not in stderr
     assert not out.exists()  # refused before any work: no partial results
+
+
+def test_numeric_names_and_a_file_as_out_are_refused_with_their_own_message(bad_inputs, tmp_path, autoreg_main):
+    common = ["--fixed", bad_inputs["fixed"], "--bundle", str(BUNDLE)]
+    code, _, err = autoreg_main("register", *common, "--moving", "20230101", "--out", str(tmp_path / "out"))
+    assert code == 1 and "20230101: moving image not found" in err and "TypeError" not in err
+    (tmp_path / "taken").write_text("a file")
+    code, _, err = autoreg_main("register", *common, "--moving", bad_inputs["moving"], "--out", str(tmp_path / "taken"))
+    assert code == 1 and "taken: is a file, not a folder" in err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_register_outputs_are_all_or_nothing(bad_inputs, tmp_path, autoreg_main):
+    """kill -9 while registering leaves nothing; the next run writes the whole set; a third needs --overwrite."""
+    out = tmp_path / "out"
+    args = ["register", "--fixed", bad_inputs["fixed"], "--moving", bad_inputs["moving"], "--bundle", str(BUNDLE),
+            "--out", str(out), "--prealign", "none", "--refine", "0"]  # fmt: skip
+    command = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "autoreg_monai"]
+    process = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def writing() -> bool:
+        try:
+            return any(any(staging.iterdir()) for staging in out.glob(".autoreg-staging-*"))
+        except FileNotFoundError:
+            return False
+
+    try:
+        while process.poll() is None and not writing():
+            time.sleep(0.02)  # until the run has written its first output
+        assert process.poll() is None, "the run ended before it was killed"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
+    code, _, err = autoreg_main(*args)
+    assert code == 0, err[-3000:]
+    stem = "IXI013-HH-1212_T1w_2mm_to_IXI012-HH-1211_T1w_2mm"
+    expected = sorted(f"{stem}_{w}.nii.gz" for w in ("ddf", "jacobian", "warped"))
+    assert sorted(os.listdir(out)) == expected  # the killed run's staging folder is gone too
+    modes = {os.stat(out / name).st_mode & 0o777 for name in expected}
+    assert len(modes) == 1
+    code, _, err = autoreg_main(*args)
+    assert code == 1 and f"already holds {stem}_warped.nii.gz, {stem}_ddf.nii.gz" in err and "pass --overwrite" in err
+    code, _, err = autoreg_main(*args, "--overwrite")
+    assert code == 0, err[-3000:]
+    assert sorted(os.listdir(out)) == expected
 
 
 def test_very_different_fields_of_view_warn(bad_inputs, tmp_path, autoreg_main):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from autoreg_monai.data.datalist import PAIRINGS
-from autoreg_monai.io import atomic_write
+from autoreg_monai.utils.atomic import atomic_write
 
 __all__ = ["FolderScan", "datalist_from_folder", "scan_stem", "write_datalist"]
 

@@ -36,7 +36,7 @@ from monai.handlers import CheckpointLoader
 
 from autoreg_monai.checkpoint import weights_mismatch
 from autoreg_monai.distributed import broadcast_object, is_main_process
-from autoreg_monai.io import atomic_write
+from autoreg_monai.utils.atomic import atomic_write
 
 __all__ = [
     "AtomicDiskSaver",

@@ -178,9 +178,9 @@ def register_item(
         mapped = map_to_fixed_grid(
             ddf[0], working_affine, fixed, item["moving_original"], item.get("moving_label"), prealign
         )
-    name = name or (
-        f"{pair_file_stem(Path(str(item['moving_original'].meta.get('filename_or_obj', 'moving'))).name)}"
-        f"_to_{pair_file_stem(Path(str(fixed.meta.get('filename_or_obj', 'fixed'))).name)}"
+    name = name or pair_file_stem(
+        f"{Path(str(item['moving_original'].meta.get('filename_or_obj', 'moving'))).name} -> "
+        f"{Path(str(fixed.meta.get('filename_or_obj', 'fixed'))).name}"
     )
     fixed_data = fixed.as_tensor().float().to(mapped["warped_image"].device)
     folded = (mapped["jacobian"] <= 0).float().mean().item() * 100.0

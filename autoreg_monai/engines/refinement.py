@@ -88,7 +88,7 @@ class TestTimeRefinement:
 
     Example::
 
-        refine = TestTimeRefinement(RegistrationLoss("lncc"), genotype.loss_weights, steps=30)
+        refine = TestTimeRefinement(RegistrationLoss("lncc"), genotype.loss_weights, steps=10)
         ddf, pyramid = net(moving, fixed)  # an AutoRegNet, (1, 3, *S) and its 1/2, 1/4 fields
         ddf, pyramid, report = refine(moving, fixed, ddf, pyramid)
     """
@@ -99,7 +99,7 @@ class TestTimeRefinement:
         self,
         registration_loss: RegistrationLoss,
         loss_weights: Sequence[float] | torch.Tensor,
-        steps: int = 30,
+        steps: int = 10,
         levels: Sequence[int] = (2, 1),
         learning_rate: float = 0.15,
         integration_steps: int = 7,

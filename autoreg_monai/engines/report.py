@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from autoreg_monai.io import atomic_write
 from autoreg_monai.metrics import dice_per_label, folding_percentage, hd95_per_label, ncc, std_log_jacobian
+from autoreg_monai.utils.atomic import atomic_write
 from autoreg_monai.viz import plot_registration_panel
 
-__all__ = ["METRIC_COLUMNS", "RegistrationReport", "pair_file_stem"]
+__all__ = ["MAX_STEM_BYTES", "METRIC_COLUMNS", "RegistrationReport", "pair_file_stem"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,25 @@ METRIC_COLUMNS = (
 _PAIR_LEVEL = ("ncc_before", "ncc", "folding_percent", "std_log_jacobian", "runtime_s")
 
 
+MAX_STEM_BYTES = 200
+"""Longest stem :func:`pair_file_stem` returns, in UTF-8 bytes: with ``_warped_label.nii.gz`` and a temporary
+file's prefix a name stays within the 255 bytes file systems allow."""
+
+
 def pair_file_stem(name: str) -> str:
-    """A file-name stem for a pair name such as ``"sub01_T1.nii.gz -> atlas.nii.gz"``: ``sub01_T1_to_atlas``."""
+    """A file-name stem for a pair name such as ``"sub01_T1.nii.gz -> atlas.nii.gz"``: ``sub01_T1_to_atlas``.
+
+    Letters and digits of any script are kept (``患者01`` and ``病人01`` give different stems); other runs
+    of characters become ``_``. A stem longer than :data:`MAX_STEM_BYTES` is cut and ends with 8 hex digits
+    of a hash of the whole stem, so long names still give distinct files.
+    """
     parts = [re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.dcm)$", "", p.strip()) for p in name.split("->")]
-    stem = "_to_".join(p for p in parts if p)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "pair"
+    stem = re.sub(r"[^\w.-]+", "_", "_to_".join(p for p in parts if p)).strip("._") or "pair"
+    if len(stem.encode()) <= MAX_STEM_BYTES:
+        return stem
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:8]
+    cut = stem.encode()[: MAX_STEM_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{cut}-{digest}"
 
 
 def _items(output: Any, batch: Any) -> list[tuple[dict[str, Any], str | None]]:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from autoreg_monai.bundle_runner import find_bundle
-from autoreg_monai.io import atomic_write
 from autoreg_monai.prealign import PREALIGN_MODES
+from autoreg_monai.utils.atomic import atomic_write
 
 __all__ = ["APP_CONFIG", "APP_DIR", "APP_OPTIONS", "app_options", "find_served_bundles", "write_app"]
 

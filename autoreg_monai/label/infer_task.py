@@ -30,8 +30,8 @@ from autoreg_monai.bundle_runner import find_bundle, load_bundle_config
 from autoreg_monai.bundle_safety import check_bundle
 from autoreg_monai.engines import TrainedWeightsLoader, register_item
 from autoreg_monai.engines.report import pair_file_stem
-from autoreg_monai.io import atomic_write
 from autoreg_monai.prealign import PREALIGN_MODES
+from autoreg_monai.utils.atomic import atomic_write
 
 from .request import ImageSource, RegistrationRequestd
 
@@ -168,7 +168,7 @@ class RegistrationInferTask(BasicInferTask):
         network = self._get_network(device, data)
         name = None
         if data.get("moving_name"):
-            name = f"{pair_file_stem(data['moving_name'])}_to_{pair_file_stem(Path(data['fixed_path']).name)}"
+            name = pair_file_stem(f"{data['moving_name']} -> {Path(data['fixed_path']).name}")
         refinement = self._parser(self.default_prealign).get_parsed_content("refinement")
         if data.get("refine_steps") is not None:  # this request's own copy: the parsed one serves every request
             refinement = copy.copy(refinement)

@@ -102,9 +102,9 @@ class BoxLNCCLoss(LocalNormalizedCrossCorrelationLoss):
         channels = pred.shape[1]
         # the fixed image's sums apart: no gradient flows back through them when only pred requires one
         t_sum, t2_sum = box_sum(torch.cat([target, target * target], dim=1), self.kernel_size).split(channels, dim=1)
-        p_sum, p2_sum, tp_sum = box_sum(
-            torch.cat([pred, pred * pred, target * pred], dim=1), self.kernel_size
-        ).split(channels, dim=1)
+        p_sum, p2_sum, tp_sum = box_sum(torch.cat([pred, pred * pred, target * pred], dim=1), self.kernel_size).split(
+            channels, dim=1
+        )
         volume = float(self.kernel_size**self.ndim)
         t_avg, p_avg = t_sum / volume, p_sum / volume
         cross = tp_sum - p_avg * t_sum

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from autoreg_monai.io import atomic_write
 from autoreg_monai.networks.blocks.cells import EDGES_PER_CELL
 from autoreg_monai.networks.blocks.ops import OPS, PRIMITIVES
+from autoreg_monai.utils.atomic import atomic_write
 
 __all__ = ["DEFAULT_LOSS_WEIGHTS", "GENOTYPE_SCHEMA_VERSION", "Genotype", "derive_cell_ops", "loss_term_names"]
 

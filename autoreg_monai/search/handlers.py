@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from autoreg_monai.io import atomic_write
 from autoreg_monai.networks.genotype import loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
+from autoreg_monai.utils.atomic import atomic_write
 from autoreg_monai.viz import plot_alpha_heatmaps, plot_loss_weight_trajectory
 
 __all__ = ["RankingStabilityStopper", "SearchRecorder", "StageExporter", "variable_ranking"]

@@ -18,6 +18,7 @@ import matplotlib.image
 import torch
 
 from autoreg_monai.engines import METRIC_COLUMNS, RegistrationReport, pair_file_stem
+from autoreg_monai.engines.report import MAX_STEM_BYTES
 from autoreg_monai.metrics import warp_labels
 
 
@@ -70,3 +71,14 @@ def test_report_scores_every_pair_and_label(tmp_path):
 def test_pair_file_stem():
     assert pair_file_stem("sub 01_T1.nii.gz -> atlas.nii") == "sub_01_T1_to_atlas"
     assert pair_file_stem("a.mha->b.nrrd") == "a_to_b"
+
+
+def test_pair_file_stems_keep_other_scripts_and_stay_short():
+    """Names differing only in non-ASCII letters stay apart; a long name is cut, with a hash of the whole."""
+    assert pair_file_stem("患者01.nii.gz -> atlas.nii.gz") == "患者01_to_atlas"
+    assert pair_file_stem("病人01.nii.gz -> atlas.nii.gz") == "病人01_to_atlas"
+    long_a, long_b = "x" * 247 + "a.nii.gz -> atlas.nii.gz", "x" * 247 + "b.nii.gz -> atlas.nii.gz"
+    stem_a, stem_b = pair_file_stem(long_a), pair_file_stem(long_b)
+    assert stem_a != stem_b
+    assert len(stem_a.encode()) == MAX_STEM_BYTES and stem_a.startswith("x" * 150)
+    assert len(pair_file_stem("éé" * 150 + ".nii -> b.nii").encode()) <= MAX_STEM_BYTES  # cut on a character

@@ -13,8 +13,9 @@
 MONAI's ``LocalNormalizedCrossCorrelationLoss`` sums each of its five maps (``t``, ``p``, ``t²``, ``p²``,
 ``tp``) over the window with three one-channel convolutions; on a CPU those convolutions and their
 backward passes are most of a registration step. For the rectangular window the same sums are differences
-of cumulative sums along each axis: about 4x faster forward and backward on 2 CPU cores for a brain at
-2 mm, the same value (float rounding apart) and the same zero padding.
+of cumulative sums along each axis, and the gradient of a box sum is the box sum of the incoming gradient:
+forward and backward together 0.08 s against MONAI's 0.16 s at 80×96×88 on 2 CPU cores, the same value
+(float rounding apart) and the same zero padding.
 """
 
 from __future__ import annotations

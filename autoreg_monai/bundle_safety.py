@@ -34,6 +34,7 @@ import ast
 import builtins
 import importlib
 import json
+import os
 import re
 import types
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ __all__ = [
     "check_bundle",
     "config_problems",
     "expression_problems",
+    "links_outside",
     "name_problem",
     "verify_manifest",
     "weights_problem",
@@ -305,6 +307,18 @@ def weights_problem(path: str | Path) -> str | None:
     return None
 
 
+def links_outside(bundle: str | Path) -> list[Path]:
+    """Symbolic links in a bundle folder (at any depth) that lead outside it, or nowhere."""
+    root = Path(bundle).resolve()
+    found = []
+    for folder, subfolders, files in os.walk(bundle):
+        for name in sorted(subfolders + files):
+            path = Path(folder) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                found.append(path)
+    return sorted(found)
+
+
 def check_bundle(bundle: str | Path, trust: bool = False, limit: int = 5) -> None:
     """Refuse a bundle whose configs would run code outside the allow lists, or whose weights hold pickled code.
 
@@ -317,6 +331,14 @@ def check_bundle(bundle: str | Path, trust: bool = False, limit: int = 5) -> Non
         ValueError: naming the file and the problem.
     """
     bundle = Path(bundle)
+    if not trust:
+        outside = links_outside(bundle)
+        if outside:
+            raise ValueError(
+                f"{outside[0]}: refused, a link to {outside[0].resolve()}, outside the bundle {bundle}"
+                + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else "")
+                + "; copy the file into the bundle, or pass --trust-bundle for a bundle of your own"
+            )
     verify_manifest(bundle)
     for weights in sorted((bundle / "models").glob("*.pt")):
         problem = weights_problem(weights)

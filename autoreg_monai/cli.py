@@ -46,7 +46,7 @@ from autoreg_monai.losses.registration import RegistrationLoss
 from autoreg_monai.metrics import dice_per_label, folding_percentage, ncc, std_log_jacobian, warp_labels
 from autoreg_monai.networks.genotype import Genotype, loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegNet
-from autoreg_monai.packaging import fetch_bundle, package_bundle
+from autoreg_monai.packaging import MAX_UNPACKED_MB, fetch_bundle, package_bundle
 from autoreg_monai.prealign import PREALIGN_MODES
 from autoreg_monai.resources import check_memory
 from autoreg_monai.search.searcher import format_genotype
@@ -309,7 +309,13 @@ def package(bundle: str, out: str, quiet: bool = False) -> dict[str, str]:
     return {"archive": str(archive), "sha256": digest}
 
 
-def fetch(source: str, out: str = "bundles_fetched", sha256: str | None = None, quiet: bool = False) -> str:
+def fetch(
+    source: str,
+    out: str = "bundles_fetched",
+    sha256: str | None = None,
+    quiet: bool = False,
+    max_unpacked_mb: float = MAX_UNPACKED_MB,
+) -> str:
     """Download or copy a bundle archive, check every hash and unpack it into ``<out>/<name>_v<version>/``.
 
     Args:
@@ -317,13 +323,14 @@ def fetch(source: str, out: str = "bundles_fetched", sha256: str | None = None, 
         out: the folder receiving ``<name>_v<version>/bundles/<name>/``.
         sha256: the archive's expected SHA-256 (default: ``<archive>.sha256`` next to a local archive).
         quiet: print nothing but errors.
+        max_unpacked_mb: refuse an archive that unpacks to more than this many MiB.
 
     Example::
 
         autoreg fetch --source dist/brain_t1.zip --out ~/autoreg
         autoreg register --bundle ~/autoreg/brain_t1_v0.5.0 --fixed f.nii.gz --moving m.nii.gz
     """
-    folder = fetch_bundle(source, out, sha256)
+    folder = fetch_bundle(str(source), str(out), sha256, max_unpacked_mb)
     _say(quiet, f"bundle ready in {folder} (run monai.bundle commands from {folder.parent.parent})")
     return str(folder)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import stat
 import tempfile
@@ -119,9 +120,40 @@ def package_bundle(bundle: str | Path, out: str | Path) -> tuple[Path, str]:
     return out, digest
 
 
-def _safe_members(archive: zipfile.ZipFile, source: str) -> tuple[str, list[zipfile.ZipInfo]]:
-    """The archive's top folder and file members, refusing anything that could write outside it."""
+MAX_MEMBERS = 2000
+"""Most files a bundle archive may hold."""
+
+MAX_UNPACKED_MB = 512
+"""Default cap on the unpacked size of a bundle archive, MiB (the shipped bundles are 1-7 MiB)."""
+
+MAX_COMPRESSION_RATIO = 100
+"""Largest unpacked/packed size ratio of a member over 1 MiB (weights compress about 1.1x, JSON about 5x)."""
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+)*")
+
+
+def _safe_members(
+    archive: zipfile.ZipFile, source: str, max_unpacked_mb: float = MAX_UNPACKED_MB
+) -> tuple[str, list[zipfile.ZipInfo]]:
+    """The archive's top folder and file members, refusing anything that could write outside it or fill a disk."""
     members = [m for m in archive.infolist() if not m.is_dir()]
+    if len(members) > MAX_MEMBERS:
+        raise ValueError(
+            f"{source}: refused, the archive holds {len(members)} files (a bundle has at most {MAX_MEMBERS})"
+        )
+    total = sum(m.file_size for m in members)
+    if total > max_unpacked_mb * 2**20:
+        raise ValueError(
+            f"{source}: refused, the archive unpacks to {total / 2**20:.0f} MiB, over the {max_unpacked_mb:g} MiB "
+            "allowed (--max_unpacked_mb to allow more)"
+        )
+    for member in members:
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > 2**20 and ratio > MAX_COMPRESSION_RATIO:
+            raise ValueError(
+                f"{source}: refused, member {member.filename!r} unpacks to {ratio:.0f}x its packed size (a zip "
+                f"bomb; bundle files compress at most {MAX_COMPRESSION_RATIO}x)"
+            )
     tops = set()
     for member in archive.infolist():
         path = PurePosixPath(member.filename)
@@ -131,7 +163,10 @@ def _safe_members(archive: zipfile.ZipFile, source: str) -> tuple[str, list[zipf
             raise ValueError(f"{source}: refused, member {member.filename!r} points outside the archive folder")
         if stat.S_ISLNK(member.external_attr >> 16):
             raise ValueError(f"{source}: refused, member {member.filename!r} is a symbolic link")
-        tops.add(path.parts[0])
+        if path.parts:
+            tops.add(path.parts[0])
+    if len(tops) == 1 and not _SAFE_NAME.fullmatch(next(iter(tops))):
+        raise ValueError(f"{source}: refused, the archive's top folder {next(iter(tops))!r} is not a bundle name")
     if len(tops) != 1 or any(len(PurePosixPath(m.filename).parts) < 2 for m in members):
         raise ValueError(f"{source}: not a bundle archive (expected one top folder, found {sorted(tops)})")
     return tops.pop(), members
@@ -149,7 +184,9 @@ def _expected_hash(source: str, sha256: str | None) -> str | None:
     return None
 
 
-def fetch_bundle(source: str | Path, out: str | Path, sha256: str | None = None) -> Path:
+def fetch_bundle(
+    source: str | Path, out: str | Path, sha256: str | None = None, max_unpacked_mb: float = MAX_UNPACKED_MB
+) -> Path:
     """Download (or copy) a bundle archive, verify it and unpack it into ``<out>/<name>_v<version>/bundles/<name>/``.
 
     Args:
@@ -157,14 +194,17 @@ def fetch_bundle(source: str | Path, out: str | Path, sha256: str | None = None)
         out: the folder that receives the versioned bundle folder.
         sha256: the archive's expected SHA-256; default: the ``<archive>.sha256`` file next to a local
             archive, if there is one (the per-file hashes inside are checked in any case).
+        max_unpacked_mb: cap on the unpacked size, MiB.
 
     Returns:
         the unpacked bundle folder; one already there with the same files is kept.
 
     Raises:
         ValueError: naming the source, for a download or hash failure, an archive member with an absolute
-            path, ``..`` or a link, a file whose SHA-256 differs from ``SHA256SUMS`` (or missing from it),
-            or a different bundle already unpacked under the same name and version.
+            path, ``..`` or a link, more files or more unpacked bytes than the caps, a member packed like a
+            zip bomb, a top folder or metadata version that is not a plain name (nothing is written outside
+            ``out``), a file whose SHA-256 differs from ``SHA256SUMS`` (or missing from it), or a different
+            bundle already unpacked under the same name and version.
     """
     source = str(source)
     url = source if urlparse(source).scheme in ("file", "http", "https") else Path(source).resolve().as_uri()
@@ -186,7 +226,7 @@ def fetch_bundle(source: str | Path, out: str | Path, sha256: str | None = None)
         except zipfile.BadZipFile as error:
             raise ValueError(f"{source}: not a zip archive") from error
         with archive:
-            top, members = _safe_members(archive, source)
+            top, members = _safe_members(archive, source, max_unpacked_mb)
             names = {m.filename: m for m in members}
             manifest_name = f"{top}/{MANIFEST}"
             if manifest_name not in names:
@@ -216,6 +256,8 @@ def fetch_bundle(source: str | Path, out: str | Path, sha256: str | None = None)
             if missing:
                 raise ValueError(f"{source}: refused, files listed in {MANIFEST} are missing: {missing}")
         version = str(_metadata(staging).get("version", "0"))
+        if not _SAFE_NAME.fullmatch(version) or len(version) > 64:
+            raise ValueError(f"{source}: refused, metadata version {version[:80]!r} is not a version number")
         destination = out / f"{top}_v{version}" / "bundles" / top
         if destination.exists():
             same = all(

@@ -153,6 +153,23 @@ def test_a_pickle_bearing_model_is_refused_without_running_it(tmp_path, autoreg_
     assert marker.exists()
 
 
+def test_a_bundle_file_linking_outside_the_bundle_is_refused(tmp_path, phantom_scans, autoreg_main):
+    """models/model.pt as a symbolic link to a file elsewhere is not loaded from an untrusted bundle."""
+    bundle = _copy_bundle(tmp_path)
+    elsewhere = tmp_path / "elsewhere.pt"
+    shutil.move(bundle / "models" / "model.pt", elsewhere)
+    (bundle / "models" / "model.pt").symlink_to(elsewhere)
+    (bundle / "configs" / "inside.json").symlink_to(bundle / "configs" / "common.json")  # inside: fine
+    out = tmp_path / "out"
+    code, _, err = autoreg_main(
+        "register", "--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"],
+        "--bundle", str(bundle), "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 1, err[-2000:]
+    assert f"model.pt: refused, a link to {elsewhere}, outside the bundle" in err and "inside.json" not in err
+    assert not out.exists()
+
+
 def test_a_fetched_bundle_whose_files_changed_is_refused(tmp_path):
     bundle = _copy_bundle(tmp_path)
     files = sorted(p for p in bundle.rglob("*") if p.is_file())

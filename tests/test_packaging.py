@@ -96,6 +96,39 @@ def test_path_escaping_archives_are_refused(bundle, tmp_path, member, message):
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
 
 
+@pytest.mark.parametrize("version", ["../../../escaped", "0.5/../../x", ".hidden", "1" * 80])
+def test_a_metadata_version_that_is_not_a_version_is_refused(bundle, tmp_path, version):
+    """A re-packed bundle (valid SHA256SUMS) whose version would lead the folder name outside --out."""
+    metadata = bundle / "configs" / "metadata.json"
+    metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "version": version}))
+    archive, _ = package_bundle(bundle, tmp_path / "brain_t1.zip")
+    out = tmp_path / "deep" / "er" / "out"
+    with pytest.raises(ValueError, match=r"refused, metadata version .* is not a version number"):
+        fetch_bundle(archive, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brain_t1.zip", "brain_t1.zip.sha256", "deep", "src"]
+    assert [p for p in out.rglob("*")] == []  # nothing unpacked, not even in --out
+
+
+def test_oversized_and_bomb_archives_are_refused(bundle, tmp_path):
+    archive, _ = package_bundle(bundle, tmp_path / "brain_t1.zip")
+    with pytest.raises(ValueError, match=r"unpacks to \d+ MiB, over the 1 MiB allowed \(--max_unpacked_mb"):
+        fetch_bundle(archive, tmp_path / "out", max_unpacked_mb=1)
+    assert fetch_bundle(archive, tmp_path / "out", max_unpacked_mb=20).is_dir()
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("brain_t1/models/model.pt", bytes(300 * 2**20))  # 300 MiB of zeros, packed to ~300 KiB
+    assert bomb.stat().st_size < 2 * 2**20
+    with pytest.raises(ValueError, match=r"model.pt' unpacks to \d+x its packed size \(a zip bomb"):
+        fetch_bundle(bomb, tmp_path / "out2", max_unpacked_mb=1000)
+    with pytest.raises(ValueError, match="over the 512 MiB allowed"):
+        big = tmp_path / "big.zip"
+        with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for i in range(3):
+                zf.writestr(f"brain_t1/models/part{i}.pt", bytes(200 * 2**20))
+        fetch_bundle(big, tmp_path / "out3")
+    assert not (tmp_path / "out2").exists() or list((tmp_path / "out2").rglob("*.pt")) == []
+
+
 def test_bundles_without_weights_or_archives_without_manifest(tmp_path, bundle):
     (bundle / "models" / "model.pt").unlink()
     with pytest.raises(ValueError, match="the bundle has no models/model.pt"):

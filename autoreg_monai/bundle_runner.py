@@ -87,13 +87,14 @@ def _working_directory(folder: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet(enabled: bool) -> Iterator[None]:
-    """Errors only: every logger below ERROR (MONAI's bundle modules, ``StatsHandler``) and no tqdm bars."""
+    """No log records below CRITICAL and no tqdm bars: an error ends the workflow as an exception, which the caller
+    reports once (ignite's own "terminating due to exception" records would repeat it, naming Python objects)."""
     if not enabled:
         yield
         return
     previous_tqdm = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # read by tqdm (>= 4.66) for every bar, ignite's ProgressBar included
-    logging.disable(logging.WARNING)
+    logging.disable(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="the effective log level of")  # StatsHandler: silenced on purpose

@@ -308,8 +308,13 @@ def weights_problem(path: str | Path) -> str | None:
 
 
 def links_outside(bundle: str | Path) -> list[Path]:
-    """Symbolic links in a bundle folder (at any depth) that lead outside it, or nowhere."""
-    root = Path(bundle).resolve()
+    """Symbolic links in a bundle folder (at any depth) that lead outside it, or nowhere.
+
+    A bundle inside a ``bundles/`` folder may link to files of that folder (the repository's bundles share
+    ``bundles/multi_gpu/`` overlays that way); nothing further out.
+    """
+    bundle = Path(bundle)
+    root = (bundle.parent if bundle.parent.name == "bundles" else bundle).resolve()
     found = []
     for folder, subfolders, files in os.walk(bundle):
         for name in sorted(subfolders + files):

@@ -232,6 +232,9 @@ def bad_inputs(sample_data, tmp_path):
     unreadable.write_bytes(gzip.compress(b"this is not a NIfTI file"))
     flat = tmp_path / "slice.nii.gz"
     nib.save(nib.Nifti1Image(np.random.rand(32, 32).astype(np.float32), np.eye(4)), str(flat))
+    tiny = tmp_path / "tiny.nii.gz"  # a real head written with 0.001 mm voxels
+    head = nib.load(_ixi(sample_data, "IXI013"))
+    nib.save(nib.Nifti1Image(np.asarray(head.dataobj, np.float32), np.diag([0.001, 0.001, 0.001, 1.0])), str(tiny))
     weightless = tmp_path / "bundles" / "brain_t1"
     shutil.copytree(BUNDLE, weightless, ignore=shutil.ignore_patterns("search", "train", "model.pt"))
     return {
@@ -239,6 +242,7 @@ def bad_inputs(sample_data, tmp_path):
         "moving": str(_ixi(sample_data, "IXI013")),
         "unreadable": str(unreadable),
         "flat": str(flat),
+        "tiny": str(tiny),
         "weightless": str(weightless),
         "other_label": str(sample_data / "freesurfer_mne_sample" / "aseg_3mm.nii.gz"),
         "ct": str(sample_data / "totalseg_abdomen_ct" / "ct_3mm_crop.nii.gz"),
@@ -253,13 +257,14 @@ def bad_inputs(sample_data, tmp_path):
         ("flat", "slice.nii.gz: the moving image is 2-D"),
         ("weightless", "the bundle has no models/model.pt (no trained weights)"),
         ("label", "aseg_3mm.nii.gz: the label map (shape (86, 86, 86)) does not match its image"),
+        ("tiny", "tiny.nii.gz -> IXI012-HH-1211_T1w_2mm.nii.gz: affine pre-alignment failed"),
     ],
 )
 def test_bad_input_is_refused_with_a_message(bad_inputs, tmp_path, autoreg_main, case, message):
     args = {"fixed": bad_inputs["fixed"], "moving": bad_inputs["moving"], "bundle": str(BUNDLE)}
     if case == "missing":
         args["moving"] = str(tmp_path / "missing.nii.gz")
-    elif case in ("unreadable", "flat"):
+    elif case in ("unreadable", "flat", "tiny"):
         args["moving"] = bad_inputs[case]
     elif case == "weightless":
         args["bundle"] = bad_inputs["weightless"]
@@ -271,8 +276,8 @@ def test_bad_input_is_refused_with_a_message(bad_inputs, tmp_path, autoreg_main,
     )
     assert code == 1, stdout[-2000:] + stderr[-2000:]
     assert "autoreg: error: " in stderr and message in stderr
-    assert "Traceback" not in stderr
-    assert not out.exists()  # refused before any work: no partial results
+    assert "Traceback" not in stderr and " object at 0x" not in stderr
+    assert not out.exists()  # refused before any work (or failed in a new folder): no partial results
 
 
 def test_numeric_names_and_a_file_as_out_are_refused_with_their_own_message(bad_inputs, tmp_path, autoreg_main):

@@ -15,9 +15,9 @@ import torch
 
 from autoreg_monai import __version__
 from autoreg_monai.checkpoint import load_model, read_model_file, save_model
-from autoreg_monai.io import atomic_write
 from autoreg_monai.networks.genotype import Genotype
 from autoreg_monai.networks.nets.autoregnet import AutoRegNet, AutoRegSearchNet
+from autoreg_monai.utils import atomic_write
 
 
 def _perturb(net: torch.nn.Module) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import autoreg_monai
 from autoreg_monai.utils import StagedOutputs, recover_staging
 from autoreg_monai.utils.staging import STAGING_PREFIX
 
@@ -112,15 +113,19 @@ def test_a_file_as_output_folder_is_refused_before_work(tmp_path):
 
 _WRITER = textwrap.dedent(
     """
-    import sys, time
-    from autoreg_monai.utils import StagedOutputs
-    with StagedOutputs(sys.argv[1], overwrite=True) as outputs:
-        for name in sys.argv[2:]:
+    import sys, time, types
+    package = types.ModuleType("autoreg_monai")  # the real modules, without the package's heavy __init__
+    package.__path__ = [sys.argv[1]]
+    sys.modules["autoreg_monai"] = package
+    from autoreg_monai.utils.staging import StagedOutputs
+    with StagedOutputs(sys.argv[2], overwrite=True) as outputs:
+        for name in sys.argv[3:]:
             (outputs.staging / name).write_bytes(b"x" * 1_000_000)
             time.sleep(0.05)
-        outputs.publish(sys.argv[2:])
+        outputs.publish(sys.argv[3:])
     """
 )
+_PACKAGE = str(Path(autoreg_monai.__file__).parent)
 
 
 def test_killed_at_random_moments_the_folder_holds_nothing_new_or_the_whole_set(tmp_path):
@@ -128,12 +133,12 @@ def test_killed_at_random_moments_the_folder_holds_nothing_new_or_the_whole_set(
     names = [f"p_{i}.nii.gz" for i in range(6)]
     out = tmp_path / "out"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", _WRITER, str(tmp_path / "timing"), *names], check=True)
-    duration = time.perf_counter() - start  # start-up (imports), then about 0.3 s of writing
+    subprocess.run([sys.executable, "-c", _WRITER, _PACKAGE, str(tmp_path / "timing"), *names], check=True)
+    duration = time.perf_counter() - start  # start-up, then about 0.3 s of writing
     rng = random.Random(0)
-    for _ in range(5):
-        process = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), *names])
-        time.sleep(max(0.0, duration - rng.uniform(0.0, 0.6)))
+    for _ in range(10):
+        process = subprocess.Popen([sys.executable, "-c", _WRITER, _PACKAGE, str(out), *names])
+        time.sleep(max(0.0, duration - rng.uniform(-0.3, 0.6)))  # before, during and after the writing
         process.send_signal(signal.SIGKILL)
         process.wait()
         if out.is_dir():
@@ -141,5 +146,5 @@ def test_killed_at_random_moments_the_folder_holds_nothing_new_or_the_whole_set(
             recover_staging(out)
             assert _visible(out) in ([], sorted(names))
             assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
-    subprocess.run([sys.executable, "-c", _WRITER, str(out), *names], check=True)
+    subprocess.run([sys.executable, "-c", _WRITER, _PACKAGE, str(out), *names], check=True)
     assert sorted(os.listdir(out)) == sorted(names)

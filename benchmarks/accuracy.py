@@ -34,6 +34,7 @@ the scans is not counted; our rows include the bundle's whole preprocessing).
     python benchmarks/accuracy.py                              # the 5 default real pairs, all installed methods
     python benchmarks/accuracy.py --methods affine,demons,autoreg --refine_steps 10,30
     python benchmarks/accuracy.py --pairs pairs.json --out /tmp/accuracy.json   # [{name, moving, ...}, ...]
+    python benchmarks/accuracy.py --only fsaverage --methods affine,demons,autoreg   # the atlas pairs only
 """
 
 from __future__ import annotations
@@ -379,6 +380,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="refinement budgets of our rows (0, the network alone, is always run)",
     )
     parser.add_argument("--pairs", help="a JSON list of pairs {name, moving, moving_label, fixed, fixed_label}")
+    parser.add_argument(
+        "--only", help="comma-separated parts of pair names to keep (e.g. IXI, or fsaverage); default every pair"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch and SimpleITK threads")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file written")
     args = parser.parse_args(argv)
@@ -397,6 +401,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     pairs = json.loads(Path(args.pairs).read_text()) if args.pairs else default_pairs(DATA)
+    if args.only:
+        wanted = [part.strip() for part in args.only.split(",") if part.strip()]
+        pairs = [pair for pair in pairs if any(part in pair["name"] for part in wanted)]
+        if not pairs:
+            raise SystemExit(f"--only {args.only}: no pair name contains it")
     bundle_parser, network = None, None
     if OURS in names:
         bundle_parser = _bundle_parser(args.bundle, {"device": "$torch.device('cpu')", "prealign": "affine"})

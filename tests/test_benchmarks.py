@@ -168,3 +168,11 @@ def test_run_isolated_reports_a_child_that_died_instead_of_waiting_forever():
     message = "the process ended with exit code 3 before reporting a result"
     assert run_isolated(_exit_without_result) == {"error": message}
     assert run_isolated(dict, [("answer", 42)]) == {"answer": 42}
+
+
+def test_accuracy_only_keeps_the_pairs_named(sample_data):
+    accuracy = _benchmark_module("accuracy")
+    names = [pair["name"] for pair in accuracy.default_pairs(sample_data)]
+    assert sum("fsaverage" in name for name in names) == 2 and sum("IXI" in name for name in names) == 3
+    with pytest.raises(SystemExit, match="--only no_such_pair: no pair name contains it"):
+        accuracy.main(["--only", "no_such_pair", "--methods", "affine"])

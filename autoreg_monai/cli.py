@@ -34,8 +34,7 @@ from monai.networks.blocks import Warp
 from monai.utils import set_determinism
 from tqdm import tqdm
 
-from autoreg_monai.bundle_runner import find_bundle, run_workflow
-from autoreg_monai.bundle_safety import check_bundle
+from autoreg_monai.bundle import check_bundle, find_bundle, load_bundle_config, run_workflow
 from autoreg_monai.checkpoint import save_model
 from autoreg_monai.checks import check_label_map, check_scan, field_of_view_warning
 from autoreg_monai.data.folder import datalist_from_folder, write_datalist
@@ -106,8 +105,9 @@ def register(
         device: ``cpu`` or ``cuda``.
         prealign: ``affine`` (default), ``rigid`` or ``none`` (scans already affinely aligned).
         quiet: print nothing but errors.
-        trust_bundle: run a bundle whose configs use code outside the allowed packages (autoreg_monai, monai,
-            torch); without it such a bundle is refused before anything of it runs (docs/security.md).
+        trust_bundle: a bundle of your own: its ``configs/inference.json`` ids and ``$`` wiring apply on top of
+            the package's workflow. Without it a bundle contributes data only (its validated settings, genotype
+            and weights); nothing of its configs is evaluated (docs/security.md).
         refine: test-time refinement steps (default: the bundle's ``refine_steps``, 10); 0: the network alone,
             fastest.
         overwrite: replace the files of an earlier registration of the same pair in ``out``; without it such
@@ -137,14 +137,15 @@ def register(
     fixed_image, moving_image = check_scan(fixed, "fixed image"), check_scan(moving, "moving image")
     if moving_label is not None:
         check_label_map(moving_label, moving_image, moving)
-    common = json.loads((folder / "configs" / "common.json").read_text())
-    if all(isinstance(common.get(k), list) for k in ("spatial_size", "feature_channels", "deformation_channels")):
+    grid = load_bundle_config(folder, "inference", trust=trust_bundle)
+    sizes = {k: grid.get_parsed_content(k) for k in ("spatial_size", "feature_channels", "deformation_channels")}
+    if all(isinstance(v, (list, tuple)) for v in sizes.values()):
         check_memory(
             f"registering {Path(moving).name} to {Path(fixed).name}",
             "inference",
-            common["spatial_size"],
-            common["feature_channels"],
-            common["deformation_channels"],
+            sizes["spatial_size"],
+            sizes["feature_channels"],
+            sizes["deformation_channels"],
             device,
             fixed_shape=tuple(fixed_image.shape),
         )
@@ -152,7 +153,9 @@ def register(
     if warning:
         print(f"autoreg: warning: {warning}", file=sys.stderr, flush=True)
     with outputs:
-        return _register_staged(fixed, moving, folder, out, outputs, moving_label, device, prealign, quiet, refine)
+        return _register_staged(
+            fixed, moving, folder, out, outputs, moving_label, device, prealign, quiet, refine, trust_bundle
+        )
 
 
 def _register_staged(
@@ -166,6 +169,7 @@ def _register_staged(
     prealign: str,
     quiet: bool,
     refine: int | None,
+    trust_bundle: bool,
 ) -> dict[str, Any]:
     """:func:`register` once its inputs and output folder are checked: the workflow writes into ``outputs``."""
     _say(quiet, f"[2/3] registering with {folder.name} (pre-alignment: {prealign}, device: {device})")
@@ -174,11 +178,12 @@ def _register_staged(
         folder,
         "inference",
         quiet=True,
+        trust=trust_bundle,
         moving=moving,
         fixed=fixed,
         moving_label=moving_label,
         results_dir=str(outputs.staging.resolve()),
-        device=f"$torch.device('{device}')",
+        device=torch.device(device),
         prealign=prealign,
         **({} if refine is None else {"refine_steps": refine}),
     )
@@ -261,9 +266,9 @@ def _bundle_workflow(
         overrides["dataset_dir"] = dataset_dir
     _say(
         quiet,
-        f"running the {workflow} workflow of {folder.name} (python -m monai.bundle run, from {folder.parent.parent})",
+        f"running the {workflow} workflow with the settings of {folder.name} ({folder})",
     )
-    run_workflow(folder, workflow, quiet=quiet, **overrides)
+    run_workflow(folder, workflow, quiet=quiet, trust=trust_bundle, **overrides)
 
 
 def search(
@@ -272,7 +277,7 @@ def search(
     """Search the architecture and loss weights of a bundle on a dataset (its ``search`` workflow).
 
     Any other ``--key value`` is a bundle config override, e.g. ``--max_epochs 45 --device cuda``.
-    ``--trust_bundle`` runs a bundle whose configs use code outside the allowed packages (see ``register``).
+    ``--trust_bundle``: also apply the bundle's own ``configs/search.json`` ids and ``$`` wiring (see ``register``).
 
     Example::
 
@@ -328,10 +333,10 @@ def fetch(
     Example::
 
         autoreg fetch --source dist/brain_t1.zip --out ~/autoreg
-        autoreg register --bundle ~/autoreg/brain_t1_v0.5.0 --fixed f.nii.gz --moving m.nii.gz
+        autoreg register --bundle ~/autoreg/brain_t1_v0.6.0 --fixed f.nii.gz --moving m.nii.gz
     """
     folder = fetch_bundle(str(source), str(out), sha256, max_unpacked_mb)
-    _say(quiet, f"bundle ready in {folder} (run monai.bundle commands from {folder.parent.parent})")
+    _say(quiet, f"bundle ready in {folder}")
     return str(folder)
 
 
@@ -339,21 +344,28 @@ def info(bundle: str) -> dict[str, Any]:
     """Print what a bundle holds: scenario, genotype, loss weights, parameters, training data."""
     folder = find_bundle(bundle)
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
-    common = json.loads((folder / "configs" / "common.json").read_text())
+    config = load_bundle_config(folder, "inference")
+    common = {
+        k: config.get_parsed_content(k)
+        for k in ("scenario", "similarity", "pairing", "spatial_size", "working_spacing")
+        + ("feature_channels", "deformation_channels", "integration_steps")
+    }
     details: dict[str, Any] = {
         "bundle": str(folder),
         "name": meta.get("name"),
         "version": meta.get("version"),
-        "scenario": common.get("scenario"),
-        "similarity": common.get("similarity"),
-        "pairing": common.get("pairing"),
-        "working_grid": common.get("spatial_size"),
+        "scenario": common["scenario"],
+        "similarity": common["similarity"],
+        "pairing": common["pairing"],
+        "working_grid": common["spatial_size"],
+        "working_spacing": common["working_spacing"],
         "training_data": meta.get("data_source"),
     }
+    spacing = "" if common["working_spacing"] is None else f" at {common['working_spacing']} mm"
     lines = [
         f"{details['name']} {details['version']} ({folder})",
         f"scenario {details['scenario']}: {details['similarity']} similarity, {details['pairing']} pairing, "
-        f"working grid {details['working_grid']}",
+        f"working grid at most {details['working_grid']}{spacing}",
     ]
     genotype_file = folder / "models" / "genotype.json"
     if genotype_file.is_file():
@@ -401,7 +413,7 @@ def label_app(
             downloads, or one bundle); without it, give ``--conf bundles`` when starting the server.
         results: where each request's outputs go (default ``<out>/results``).
         prealign: default pre-alignment of the requests: ``affine`` (default), ``rigid`` or ``none``.
-        trust_bundles: serve bundles whose configs use code outside the allowed packages (docs/security.md).
+        trust_bundles: apply the served bundles' own inference configs (code; docs/security.md).
         quiet: print nothing but errors.
 
     Example::

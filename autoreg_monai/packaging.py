@@ -20,10 +20,8 @@ MONAI's ``monai.bundle download`` checks no hash and keeps an existing folder of
 update never arrives; :func:`fetch_bundle` instead downloads with ``monai.apps.utils.download_url`` (the
 archive's own SHA-256 checked when given), refuses members with absolute paths, ``..`` or links, checks
 every file against ``SHA256SUMS`` and unpacks into ``<out>/<name>_v<version>/bundles/<name>/`` (version
-from the bundle's metadata) through a temporary folder renamed at the end. The ``bundles/<name>`` level
-is there because a bundle's configs name their shared ``common.json`` as ``bundles/<name>/configs/...``,
-a path MONAI resolves from the working directory: ``monai.bundle`` commands run from
-``<out>/<name>_v<version>/`` exactly as they run from the repository root.
+from the bundle's metadata) through a temporary folder renamed at the end: versions sit side by side and the
+bundle folder keeps its name, the repository's layout (a bundle runs from any folder; nothing depends on it).
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ from _common import machine, write_json  # benchmarks/ is on sys.path when a scr
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImage, ScaleIntensityRangePercentiles
 
+from autoreg_monai.bundle import load_bundle_config
 from autoreg_monai.engines import TestTimeRefinement, map_to_fixed_grid, register_item
 from autoreg_monai.metrics import dice_per_label, hd95_per_label
 from autoreg_monai.networks import Genotype
@@ -232,11 +233,7 @@ def elastix_bspline(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
 
 
 def _bundle_parser(bundle: str, overrides: dict[str, Any]) -> ConfigParser:
-    os.chdir(REPO_ROOT)  # the configs' % references are relative to the folder holding bundles/
-    parser = ConfigParser()
-    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
-    parser.update(overrides)
-    return parser
+    return load_bundle_config(REPO_ROOT / "bundles" / bundle, "inference", **overrides)
 
 
 def _spacing(affine: torch.Tensor) -> list[float]:

@@ -19,7 +19,7 @@
 3. A profile of one search iteration (torch.profiler, the ``autoreg::`` scopes of the search code): the
    virtual step, the upper gradient at ω', the finite-difference Hessian-vector product, the ω step, and
    how much of it is spent in the forward passes of the mixed operations.
-4. With ``--nproc N``: the search epoch of part 1 under ``configs/multi_gpu_search.json`` with 1 and with N
+4. With ``--nproc N``: the search epoch of part 1 under the multi-GPU overlay with 1 and with N
    processes (gloo on CPU, each rank ``cores / N`` threads; then nccl, one GPU per rank, when N GPUs exist):
    seconds per iteration, pairs per second, speed-up.
 
@@ -45,8 +45,8 @@ import torch
 import torch.multiprocessing as mp
 from _common import machine, peak_rss_mib, run_isolated, write_json  # benchmarks/ is on sys.path
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser, create_workflow
 
+from autoreg_monai.bundle import compose_workflow, load_bundle_config
 from autoreg_monai.networks import Genotype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,17 +116,11 @@ PARTS = ("epochs", "whole", "profile", "distributed")
 def _workflow(
     bundle: str, config: str, run_id: str, overrides: dict[str, Any], profile: bool, overlay: str | None = None
 ) -> dict[str, Any]:
-    """Run one workflow of ``bundle`` in this process (from the repository root), timing its epochs."""
-    os.chdir(REPO_ROOT)
-    folder = Path("bundles") / bundle / "configs"
-    files = [str(folder / f"{config}.json")] + ([str(folder / f"{overlay}.json")] if overlay else [])
-    workflow = create_workflow(
-        config_file=files if overlay else files[0],
-        meta_file=str(folder / "metadata.json"),
-        logging_file=False,
-        run_id=run_id,
-        **overrides,
+    """Run one workflow of ``bundle`` in this process, timing its epochs (``overlay``: the multi-GPU form)."""
+    workflow = compose_workflow(
+        REPO_ROOT / "bundles" / bundle, config, quiet=True, run_id=run_id, multi_gpu=overlay is not None, **overrides
     )
+    workflow.initialize()
     handlers: list[Any] = [EpochTimer()] + ([IterationProfiler()] if profile else [])
     if config == "search":  # the searcher builds one engine per stage and attaches its extra handlers to each
         workflow.parser.get_parsed_content("searcher").handlers.extend(handlers)
@@ -156,11 +150,8 @@ def run_workflow(bundle: str, config: str, run_id: str, overrides: dict[str, Any
 
 
 def _config_value(bundle: str, config: str, key: str) -> Any:
-    """The resolved value of ``key`` in a workflow config of ``bundle`` (its ``%`` references followed)."""
-    os.chdir(REPO_ROOT)  # the configs' % references are relative to the folder holding bundles/
-    parser = ConfigParser()
-    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / f"{config}.json"))
-    return parser.get_parsed_content(key)
+    """The resolved value of ``key`` in a workflow of ``bundle``."""
+    return load_bundle_config(REPO_ROOT / "bundles" / bundle, config).get_parsed_content(key)
 
 
 def epoch_costs(bundle: str, overrides: dict[str, Any], work: Path) -> dict[str, Any]:

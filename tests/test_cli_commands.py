@@ -41,7 +41,7 @@ SCRIPT = Path(sysconfig.get_path("scripts")) / "autoreg"
 def autoreg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed console script (``python -m autoreg_monai`` where the script is not on this venv)."""
     command = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "autoreg_monai"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=900, cwd=cwd)
+    return subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd)
 
 
 def _ixi(sample_data: Path, subject: str, kind: str = "T1w") -> Path:

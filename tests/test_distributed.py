@@ -172,7 +172,7 @@ def _torchrun(workflow: str, overlay: str, tmp_path: Path, *args: str) -> subpro
         "--config_file", config, "--meta_file", str(BUNDLE / "metadata.json"), *settings, *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)  # any folder
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

@@ -8,12 +8,11 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Fault injection: malicious bundles, and the refusals that must come before anything of them runs."""
+"""Fault injection: crashes at random moments, truncated checkpoints, NaN batches, bad datalists, memory limits."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,171 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from autoreg_monai.bundle_safety import check_bundle, config_problems, expression_problems
-from autoreg_monai.data.phantom import make_phantom_pair
 from autoreg_monai.losses import RegistrationLoss
-from autoreg_monai.packaging import MANIFEST, sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = sorted(p for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
-
-
-@pytest.fixture()
-def phantom_scans(tmp_path) -> dict[str, str]:
-    """A generated 32³ pair written as NIfTI (2 mm voxels), for commands that only need some valid scans."""
-    pair = make_phantom_pair((32, 32, 32), seed=0, magnitude=2.0)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    paths = {}
-    for role in ("fixed", "moving"):
-        paths[role] = str(tmp_path / f"{role}.nii.gz")
-        nib.save(nib.Nifti1Image(pair[f"{role}_image"][0, 0].numpy().astype(np.float32), affine), paths[role])
-    return paths
-
-
-def _copy_bundle(tmp_path: Path, name: str = "brain_t1") -> Path:
-    folder = tmp_path / "site" / "bundles" / name
-    shutil.copytree(REPO_ROOT / "bundles" / name, folder, ignore=shutil.ignore_patterns("search", "train", "eval"))
-    return folder
-
-
-@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
-def test_the_shipped_bundles_pass_the_config_check(bundle):
-    assert [p for c in sorted((bundle / "configs").glob("*.json")) for p in config_problems(c, bundle)] == []
-
-
-@pytest.mark.parametrize(
-    "expression, problem",
-    [
-        ("__import__('os').system('touch x')", "builtin __import__ is not allowed"),
-        ("torch.os.system('x')", "torch.os is the module os, outside the allowed packages"),
-        ("@network.__class__.__init__.__globals__", "attribute __class__ is not allowed"),
-        ("import subprocess", "import of subprocess"),
-        ("open('/etc/passwd').read()", "builtin open is not allowed"),
-        ("torch.load('x.pt', weights_only=False)", "torch.load loads code or configs (denied)"),
-        ("monai.utils.optional_import('os')[0]", "monai.utils.optional_import loads code or configs (denied)"),
-        ("getattr(torch, 'load')", "builtin getattr is not allowed"),
-        ("from os import system", "os.system is outside the allowed packages (autoreg_monai, monai, torch)"),
-        ("[c for c in ().__class__.__base__.__subclasses__()]", "attribute __subclasses__ is not allowed"),
-    ],
-)
-def test_expressions_running_code_outside_the_allow_list_are_found(expression, problem):
-    assert problem in expression_problems(expression)
-
-
-@pytest.mark.parametrize(
-    "expression",
-    [
-        "torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        "@network_def.to(@device)",
-        "os.path.join(os.path.dirname(@output_dir), 'results')",
-        "lambda x: x > @foreground_threshold",
-        "autoreg_monai.networks.Genotype.from_json(@genotype)",
-        "[s // 2 for s in @spatial_size]",
-    ],
-)
-def test_ordinary_wiring_expressions_pass(expression):
-    assert expression_problems(expression) == []
-
-
-def test_a_target_outside_the_allow_list_or_a_macro_outside_the_bundle_is_found(tmp_path):
-    bundle = _copy_bundle(tmp_path)
-    config = json.loads((bundle / "configs" / "inference.json").read_text())
-    config["shell"] = {"_target_": "subprocess.run", "args": ["touch", "marker"]}
-    config["builtin"] = {"_target_": "exec", "source": "x = 1"}
-    config["outside"] = "%/etc/other.json#key"
-    config["debugger"] = {"_target_": "monai.networks.nets.VoxelMorph", "_mode_": "debug"}
-    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
-    found = "\n".join(config_problems(bundle / "configs" / "inference.json", bundle))
-    assert "shell#_target_: subprocess.run is outside the allowed packages" in found
-    assert "builtin#_target_: exec is not a MONAI component" in found
-    assert "outside: the macro names /etc/other.json, a file outside the bundle" in found
-    assert "debugger#_mode_: debug mode starts the Python debugger" in found
-
-
-def test_a_config_running_code_is_refused_by_register_and_runs_only_when_trusted(tmp_path, autoreg_main, phantom_scans):
-    marker = tmp_path / "marker_config"
-    bundle = _copy_bundle(tmp_path)
-    config = json.loads((bundle / "configs" / "inference.json").read_text())
-    config["run"] = [f"$__import__('os').system('touch {marker}')", *config["run"]]
-    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
-    args = ["--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"], "--bundle", str(bundle)]
-    out = tmp_path / "out"
-    code, _, err = autoreg_main("register", *args, "--out", str(out), "--prealign", "none", "--quiet")
-    assert code == 1, err[-2000:]
-    assert "refused, its configs would run code outside the allowed packages" in err
-    assert "inference.json: run#0: builtin __import__ is not allowed" in err and "--trust-bundle" in err
-    assert not marker.exists() and not out.exists()
-    # the same bundle, trusted: the payload is real (it runs), so the refusal above is what protected us
-    code, _, err = autoreg_main("register", *args, "--out", str(out), "--prealign", "none", "--quiet", "--trust_bundle")
-    assert code == 0, err[-2000:]
-    assert marker.exists()
-
-
-class _Payload:
-    """Unpickling this calls ``Path(marker).touch()``: code in a weights file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
-def test_a_pickle_bearing_model_is_refused_without_running_it(tmp_path, autoreg_main, phantom_scans):
-    marker = tmp_path / "marker_pickle"
-    bundle = _copy_bundle(tmp_path)
-    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
-    torch.save({**weights, "payload": _Payload(marker)}, bundle / "models" / "model.pt")
-    for trusted in ([], ["--trust_bundle"]):  # trusting the configs does not extend to pickled code
-        out = tmp_path / f"out{len(trusted)}"
-        code, _, err = autoreg_main(
-            "register", "--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"],
-            "--bundle", str(bundle), "--out", str(out), "--quiet", *trusted,
-        )  # fmt: skip
-        assert code == 1, err[-2000:]
-        assert "model.pt: it holds pickled Python objects, not only weights; refused without running them" in err
-        assert not marker.exists() and not out.exists()
-    # the payload is real: an unsafe load (in a separate interpreter) runs it
-    script = f"import torch; torch.load({str(bundle / 'models' / 'model.pt')!r}, weights_only=False)"
-    subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
-    assert marker.exists()
-
-
-def test_a_bundle_file_linking_outside_the_bundle_is_refused(tmp_path, phantom_scans, autoreg_main):
-    """models/model.pt as a symbolic link to a file elsewhere is not loaded from an untrusted bundle."""
-    bundle = _copy_bundle(tmp_path)
-    elsewhere = tmp_path / "elsewhere.pt"
-    shutil.move(bundle / "models" / "model.pt", elsewhere)
-    (bundle / "models" / "model.pt").symlink_to(elsewhere)
-    (bundle / "configs" / "inside.json").symlink_to(bundle / "configs" / "common.json")  # inside: fine
-    out = tmp_path / "out"
-    code, _, err = autoreg_main(
-        "register", "--fixed", phantom_scans["fixed"], "--moving", phantom_scans["moving"],
-        "--bundle", str(bundle), "--out", str(out), "--quiet",
-    )  # fmt: skip
-    assert code == 1, err[-2000:]
-    assert f"model.pt: refused, a link to {elsewhere}, outside the bundle" in err and "inside.json" not in err
-    assert not out.exists()
-
-
-def test_a_fetched_bundle_whose_files_changed_is_refused(tmp_path):
-    bundle = _copy_bundle(tmp_path)
-    files = sorted(p for p in bundle.rglob("*") if p.is_file())
-    lines = [f"{sha256_of(p)}  {p.relative_to(bundle).as_posix()}" for p in files]
-    (bundle / MANIFEST).write_text("\n".join(lines) + "\n")
-    check_bundle(bundle)  # as fetched: passes
-    genotype = bundle / "models" / "genotype.json"
-    genotype.write_text(genotype.read_text().replace("conv_3x3", "conv_5x5", 1))
-    with pytest.raises(ValueError, match="genotype.json: changed since the bundle was fetched"):
-        check_bundle(bundle)
-    genotype.unlink()
-    with pytest.raises(ValueError, match="genotype.json: listed in .*SHA256SUMS but missing"):
-        check_bundle(bundle)
 
 
 # ---- crash safety: SIGKILL at a random moment, truncated checkpoints --------------------------------------------
 
-SEARCH_CONFIG = "bundles/brain_t1/configs/search.json"
+SEARCH_CONFIG = str(REPO_ROOT / "bundles/brain_t1/configs/search.json")
 TINY_SEARCH = {
     "spatial_size": [16, 16, 16],
     "demo_options": {"num_training": 2, "num_validation": 1, "num_test": 1, "size": 32},
@@ -213,11 +55,9 @@ def uninterrupted_search(tmp_path_factory, tiny_searcher) -> tuple[Path, float]:
     import time
 
     folder = tmp_path_factory.mktemp("uninterrupted")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(REPO_ROOT)
-        start = time.perf_counter()
-        tiny_searcher(folder).run()
-        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    tiny_searcher(folder).run()
+    seconds = time.perf_counter() - start
     return folder, seconds
 
 
@@ -249,7 +89,6 @@ def test_a_search_killed_at_a_random_moment_resumes_to_the_same_genotype(
         process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (out / "genotype.json").exists(), f"the run finished before the kill ({delay:.2f} s)"
-    monkeypatch.chdir(REPO_ROOT)
     tiny_searcher(out, resume="auto").run()
     resumed = json.loads((out / "genotype.json").read_text())
     assert resumed == expected, f"killed {delay:.2f} s after the first checkpoint"
@@ -260,7 +99,6 @@ def test_a_truncated_checkpoint_is_skipped_with_a_warning(
 ):
     folder, _ = uninterrupted_search
     expected = json.loads((folder / "search" / "feature" / "genotype.json").read_text())
-    monkeypatch.chdir(REPO_ROOT)
     searcher = tiny_searcher(tmp_path)
     searcher.run_stage("feature")
     stage = tmp_path / "search" / "feature"
@@ -299,7 +137,6 @@ class _PoisonedLoader:
 
 
 def test_a_nan_batch_is_skipped_and_logged_and_the_search_goes_on(tmp_path, tiny_searcher, monkeypatch, caplog):
-    monkeypatch.chdir(REPO_ROOT)
     searcher = tiny_searcher(tmp_path, max_epochs=2, warmup_epochs=0)
     searcher.train_loader = _PoisonedLoader(searcher.train_loader, lambda index: index == 1)
     with caplog.at_level("WARNING"):
@@ -342,7 +179,6 @@ def test_training_skips_nan_steps_and_stops_after_k_in_a_row(caplog):
 def test_consecutive_nan_batches_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, tiny_searcher, monkeypatch):
     from autoreg_monai.numerical_guard import NumericalFaultError
 
-    monkeypatch.chdir(REPO_ROOT)
     searcher = tiny_searcher(tmp_path, max_epochs=3, warmup_epochs=0)
     searcher.max_bad_steps = 2
     epoch_length = len(searcher.train_loader)
@@ -463,7 +299,6 @@ def test_a_bad_datalist_is_refused_by_the_bundle_run(bad_datalists, tmp_path, mo
 
     dataset, message = bad_datalists[case]
     out = tmp_path / "search_out"
-    monkeypatch.chdir(REPO_ROOT)
     with pytest.raises(Exception) as raised:
         run("search", config_file=SEARCH_CONFIG, dataset_dir=str(dataset), output_dir=str(out), device="cpu")
     chain, error = [], raised.value
@@ -500,7 +335,6 @@ def test_the_memory_estimate_grows_with_voxels_and_channels_and_suggests_a_grid_
 def test_a_search_that_cannot_fit_is_refused_before_its_first_step(tmp_path, tiny_searcher, monkeypatch):
     from autoreg_monai import resources
 
-    monkeypatch.chdir(REPO_ROOT)
     monkeypatch.setattr(resources, "available_memory", lambda device="cpu": 64 * 2**20)
     searcher = tiny_searcher(tmp_path)
     with pytest.raises(resources.InsufficientMemoryError, match="the feature stage of the search: at 16x16x16 voxels"):

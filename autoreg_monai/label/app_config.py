@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from autoreg_monai.bundle_runner import find_bundle
+from autoreg_monai.bundle import find_bundle
 from autoreg_monai.prealign import PREALIGN_MODES
 from autoreg_monai.utils.atomic import atomic_write
 
@@ -36,8 +36,8 @@ APP_CONFIG = "config.json"
 
 APP_OPTIONS: dict[str, Any] = {"bundles": None, "results": "results", "prealign": "affine", "trust_bundles": False}
 """The app's options and their defaults: ``bundles`` (folder of bundles to serve), ``results`` (folder of the
-requests' outputs), ``prealign`` (default pre-alignment), ``trust_bundles`` (serve bundles whose configs use
-code outside the allowed packages, docs/security.md)."""
+requests' outputs), ``prealign`` (default pre-alignment), ``trust_bundles`` (apply the served bundles' own
+inference configs, which are code: only for bundles of your own, docs/security.md)."""
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 

@@ -26,8 +26,7 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from autoreg_monai.bundle_runner import find_bundle, load_bundle_config
-from autoreg_monai.bundle_safety import check_bundle
+from autoreg_monai.bundle import check_bundle, find_bundle, load_bundle_config
 from autoreg_monai.engines import TrainedWeightsLoader, register_item
 from autoreg_monai.engines.report import pair_file_stem
 from autoreg_monai.prealign import PREALIGN_MODES
@@ -41,6 +40,15 @@ MAIN_OUTPUTS: dict[str, str] = {"warped": "warped_image", "ddf": "ddf", "jacobia
 """What a request may ask to get back as its file (params ``main_output``), and the result key of each."""
 
 _OUTPUT_POSTFIXES = {"warped_image": "warped", "ddf": "ddf", "jacobian": "jacobian", "warped_label": "warped_label"}
+
+
+def _metadata(bundle: Path) -> dict[str, Any]:
+    """The bundle's ``configs/metadata.json`` as plain data (read, never parsed as a config)."""
+    try:
+        metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{bundle / 'configs' / 'metadata.json'}: not readable bundle metadata ({error})") from error
+    return metadata if isinstance(metadata, dict) else {}
 
 
 class RegistrationInferTask(BasicInferTask):
@@ -70,7 +78,8 @@ class RegistrationInferTask(BasicInferTask):
         datastore: the app's datastore, to resolve a fixed image given by id.
         output_dir: where each request's folder goes (default ``<bundle>/results/label``).
         prealign: the default pre-alignment.
-        trust_bundle: serve a bundle whose configs use code outside the allowed packages (docs/security.md).
+        trust_bundle: a bundle of your own: its ``configs/inference.json`` ids and ``$`` wiring apply (code;
+            docs/security.md). Without it the bundle contributes data only.
     """
 
     def __init__(
@@ -86,13 +95,14 @@ class RegistrationInferTask(BasicInferTask):
         if prealign not in PREALIGN_MODES:
             raise ValueError(f"prealign must be one of {', '.join(PREALIGN_MODES)}, got {prealign!r}")
         self.bundle = folder
+        self.trust_bundle = trust_bundle
         self.image_source = datastore
         self.output_dir = Path(output_dir) if output_dir is not None else folder / "results" / "label"
         self.default_prealign = prealign
         self._lock = threading.Lock()
         self._parsers: dict[str, ConfigParser] = {}
         parser = self._parser(prealign)
-        metadata = parser.get("_meta_", {})
+        metadata = _metadata(folder)
         super().__init__(
             path=str(folder / "models" / "model.pt"),
             network=parser.get_parsed_content("network_def"),
@@ -112,7 +122,9 @@ class RegistrationInferTask(BasicInferTask):
             raise ValueError(f"prealign must be one of {', '.join(PREALIGN_MODES)}, got {prealign!r}")
         with self._lock:
             if prealign not in self._parsers:
-                self._parsers[prealign] = load_bundle_config(self.bundle, "inference", prealign=prealign)
+                self._parsers[prealign] = load_bundle_config(
+                    self.bundle, "inference", trust=self.trust_bundle, prealign=prealign
+                )
             return self._parsers[prealign]
 
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str | None, dict[str, Any]]:

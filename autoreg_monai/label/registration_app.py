@@ -33,7 +33,7 @@ class RegistrationApp(MONAILabelApp):
     Options, from the app's ``config.json``, each overridden by ``--conf key value``
     (:func:`~autoreg_monai.label.app_config.app_options`): ``bundles`` (required), ``results`` (folder of the
     requests' outputs, one subfolder per bundle; default ``<app>/results``), ``prealign`` (default ``affine``),
-    ``trust_bundles`` (``true`` to serve bundles whose configs use code outside the allowed packages).
+    ``trust_bundles`` (``true`` to apply the bundles' own inference configs: code, for bundles of your own).
 
     A request whose scans are refused (missing, unreadable, not 3-D, NaN, ...) gets HTTP 400 with the reason
     naming the file, instead of MONAI Label's bare 500.

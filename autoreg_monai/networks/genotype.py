@@ -78,6 +78,9 @@ def derive_cell_ops(
     return tuple(tuple(chosen[i : i + EDGES_PER_CELL]) for i in range(0, len(chosen), EDGES_PER_CELL))
 
 
+_GENOTYPE_KEYS = ("schema_version", "feature", "deformation", "loss_weights", "loss_terms")
+
+
 @dataclass(frozen=True)
 class Genotype:
     """Searched architecture and loss weights of an AutoReg network.
@@ -173,9 +176,12 @@ class Genotype:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Genotype:
-        """Inverse of :meth:`to_dict`; refuses unknown schema versions, ops and edge counts."""
+        """Inverse of :meth:`to_dict`; refuses unknown keys, schema versions, ops and edge counts."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a genotype must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(str(key)[:40] for key in data if key not in _GENOTYPE_KEYS)
+        if unknown:
+            raise ValueError(f"unknown genotype key(s) {unknown}; a genotype holds only {', '.join(_GENOTYPE_KEYS)}")
         version = data.get("schema_version")
         if version != GENOTYPE_SCHEMA_VERSION:
             raise ValueError(
@@ -184,7 +190,13 @@ class Genotype:
         missing = [key for key in ("feature", "deformation", "loss_weights") if key not in data]
         if missing:
             raise ValueError(f"genotype is missing the key(s) {missing}")
-        return cls(feature=data["feature"], deformation=data["deformation"], loss_weights=tuple(data["loss_weights"]))
+        weights = data["loss_weights"]
+        if not isinstance(weights, list) or not all(type(w) in (int, float) for w in weights):
+            raise ValueError(f"loss_weights must be a list of numbers, got {str(weights)[:80]}")
+        for key in ("feature", "deformation"):
+            if not isinstance(data[key], list) or not all(isinstance(ops, list) for ops in data[key]):
+                raise ValueError(f"{key} must be a list of lists of operation names, got {str(data[key])[:80]}")
+        return cls(feature=data["feature"], deformation=data["deformation"], loss_weights=tuple(weights))
 
     def to_json(self, path: str | Path) -> None:
         """Write :meth:`to_dict` to ``path`` (through a temporary file, so a crash never leaves half a file)."""

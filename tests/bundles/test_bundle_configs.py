@@ -7,20 +7,24 @@
 # distributed under the License is distributed on an "AS IS" BASIS,
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
-"""Every scenario bundle: metadata valid against the bundle schema, configs that parse and agree."""
+"""Every scenario bundle: metadata valid against the bundle schema, settings that validate, workflows that parse."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigParser, verify_metadata
+from monai.bundle import verify_metadata
 from monai.bundle.reference_resolver import ReferenceResolver
+
+from autoreg_monai.bundle import WORKFLOW_RUN_IDS, compose_workflow, load_bundle_config, load_scenario
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ("brain_t1", "brain_t2", "brain_t1t2", "knee_t1")
 WORKFLOWS = ("search", "train", "evaluate", "inference")
+STAGES = ("feature", "deformation", "objective")
 SCHEMA = REPO_ROOT / "bundles" / "schema" / "meta_schema.json"
 
 
@@ -49,40 +53,44 @@ def test_schema_rejects_incomplete_metadata(tmp_path):
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 @pytest.mark.parametrize("workflow", WORKFLOWS)
-def test_config_parses_and_every_reference_is_defined(bundle, workflow, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)  # the % macros are relative to the repository root
-    parser = ConfigParser()
-    parser.read_config(f"bundles/{bundle}/configs/{workflow}.json")
+def test_composed_workflow_parses_and_every_reference_is_defined(bundle, workflow, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing depends on the working directory
+    parser = compose_workflow(REPO_ROOT / "bundles" / bundle, workflow, quiet=True).parser
     parser.parse()
     content = parser.get()
-    assert content["bundle_root"] == f"bundles/{bundle}"
+    assert content["bundle_root"] == str(REPO_ROOT / "bundles" / bundle)
     missing = [ref for ref in ReferenceResolver.find_refs_in_config(content, "") if ref not in parser]
-    assert not missing, f"{workflow}.json refers to undefined ids {missing}"
-    run_id = {"search": "search", "train": "train", "evaluate": "evaluate", "inference": "run"}[workflow]
-    assert run_id in content
+    assert not missing, f"{workflow} refers to undefined ids {missing}"
+    assert WORKFLOW_RUN_IDS[workflow] in content
+    assert parser.get_parsed_content("output_dir") == str(REPO_ROOT / "bundles" / bundle / "models")
 
 
+@pytest.mark.parametrize("bundle", BUNDLES)
 @pytest.mark.parametrize("workflow", WORKFLOWS)
-def test_workflow_configs_are_shared_between_bundles(workflow):
-    """Only common.json differs between scenarios; the workflow files are the same but for their bundle path."""
-    reference = (REPO_ROOT / f"bundles/brain_t1/configs/{workflow}.json").read_text()
-    for bundle in BUNDLES[1:]:
-        text = (REPO_ROOT / f"bundles/{bundle}/configs/{workflow}.json").read_text()
-        assert text.replace(f"bundles/{bundle}/", "bundles/brain_t1/") == reference
+def test_a_bundle_config_only_hands_monai_runner_over_to_the_package(bundle, workflow):
+    config = json.loads((REPO_ROOT / f"bundles/{bundle}/configs/{workflow}.json").read_text())
+    expected = {
+        "imports": ["$from autoreg_monai.bundle import run_from_monai"],
+        WORKFLOW_RUN_IDS[workflow]: f"$run_from_monai('{workflow}')",
+    }
+    if workflow == "search":  # one stage at a time
+        expected.update({f"search_{s}": f"$run_from_monai('search', 'search_{s}')" for s in STAGES})
+    if workflow == "inference":  # for MONAI's scripts that read the network, e.g. ckpt_export
+        expected["imports"].append("$from autoreg_monai.bundle import bundle_item")
+        expected["network_def"] = "$bundle_item('inference', 'network_def')"
+    assert config == expected
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 @pytest.mark.parametrize("workflow", ["search", "train"])
-def test_multi_gpu_overlays_are_shared_and_refer_only_to_defined_ids(bundle, workflow, monkeypatch):
+def test_multi_gpu_overlay_is_one_setting_and_adds_the_distributed_wiring(bundle, workflow):
     overlay = REPO_ROOT / f"bundles/{bundle}/configs/multi_gpu_{workflow}.json"
-    assert overlay.resolve() == (REPO_ROOT / f"bundles/multi_gpu/multi_gpu_{workflow}.json").resolve()
-    monkeypatch.chdir(REPO_ROOT)
-    parser = ConfigParser()
-    parser.read_config([f"bundles/{bundle}/configs/{workflow}.json", str(overlay)])
+    assert not overlay.is_symlink() and json.loads(overlay.read_text()) == {"multi_gpu": True}
+    parser = compose_workflow(REPO_ROOT / "bundles" / bundle, workflow, quiet=True, multi_gpu=True).parser
     parser.parse()
     content = parser.get()
     missing = [ref for ref in ReferenceResolver.find_refs_in_config(content, "") if ref not in parser]
-    assert not missing, f"{workflow}.json + overlay refer to undefined ids {missing}"
+    assert not missing, f"{workflow} + overlay refer to undefined ids {missing}"
     assert content["train_sampler"]["_target_"] == "DistributedSampler"
     assert any("init_process_group" in expression for expression in content["initialize"])
     assert any("destroy_process_group" in expression for expression in content["finalize"])
@@ -91,14 +99,77 @@ def test_multi_gpu_overlays_are_shared_and_refer_only_to_defined_ids(bundle, wor
         assert content["validate"]["evaluator"]["network"] == "@network_def"  # validation without DDP's hooks
 
 
+def test_the_evaluate_workflow_has_no_multi_gpu_form():
+    with pytest.raises(ValueError, match="multi_gpu: the evaluate workflow has no multi-GPU form"):
+        compose_workflow(REPO_ROOT / "bundles/brain_t1", "evaluate", quiet=True, multi_gpu=True)
+
+
 def test_scenarios_differ_where_the_paper_says():
-    common = {b: json.loads((REPO_ROOT / f"bundles/{b}/configs/common.json").read_text()) for b in BUNDLES}
-    assert {b: (c["scenario"], c["similarity"], c["pairing"]) for b, c in common.items()} == {
+    settings = {b: load_scenario(REPO_ROOT / "bundles" / b) for b in BUNDLES}
+    assert {b: (c["scenario"], c["similarity"], c["pairing"]) for b, c in settings.items()} == {
         "brain_t1": ("brain_t1", "lncc", "atlas"),
         "brain_t2": ("brain_t2", "lncc", "atlas"),
         "brain_t1t2": ("brain_t1t2", "mind", "cross_modal"),
         "knee_t1": ("knee_t1", "lncc", "atlas"),
     }
-    strip = {"bundle_root", "scenario", "similarity", "pairing"}
-    shared = [{k: v for k, v in c.items() if k not in strip} for c in common.values()]
-    assert all(s == shared[0] for s in shared)
+    loss = load_bundle_config(REPO_ROOT / "bundles/brain_t1t2", "inference").get_parsed_content("registration_loss")
+    assert {type(s).__name__ for s in loss.similarity.similarities} == {"MINDSSCLoss"}
+
+
+def test_settings_fill_what_a_workflow_leaves_open_and_workflows_settings_win(tmp_path):
+    bundle = tmp_path / "anywhere" / "mine"
+    shutil.copytree(REPO_ROOT / "bundles/brain_t1/configs", bundle / "configs")
+    settings = json.loads((bundle / "configs/scenario.json").read_text())
+    settings.update(spatial_size=[96, 96, 96], refine_steps=3, workflows={"inference": {"refine_steps": 4}})
+    (bundle / "configs/scenario.json").write_text(json.dumps(settings))
+
+    def value(workflow, key):
+        return compose_workflow(bundle, workflow, quiet=True).parser[key]
+
+    assert value("train", "spatial_size") == [96, 96, 96]
+    assert value("search", "spatial_size") == [32, 32, 32]  # the search's own small grid stays
+    assert value("evaluate", "refine_steps") == 3
+    assert value("inference", "refine_steps") == 4
+    assert value("inference", "prealign") == "affine"  # the inference workflow's own default, not the scenario's
+    assert compose_workflow(bundle, "inference", quiet=True, refine_steps=0).parser["refine_steps"] == 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"similarity": "$__import__('os').system('true')"}, "similarity: .* is not one of"),
+        ({"scenario": "@network_def"}, "scenario: .* does not match"),
+        ({"spatial_size": "%configs/x.json#y"}, "spatial_size: .* is not of type 'array'"),
+        ({"network_def": {"_target_": "os.system"}}, "Additional properties are not allowed .*network_def"),
+        (
+            {"workflows": {"search": {"genotype": "/etc/passwd"}}},
+            "workflows/search: Additional properties are not allowed .*genotype",
+        ),
+        ({"refine_steps": -1}, "refine_steps: -1 is less than the minimum of 0"),
+        ({"demo_options": {"size": "$1"}}, "demo_options/size: '\\$1' is not of type 'integer'"),
+    ],
+)
+def test_settings_that_are_not_plain_values_are_refused_naming_the_file_and_the_setting(tmp_path, change, message):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO_ROOT / "bundles/brain_t1/configs", bundle / "configs")
+    settings = json.loads((bundle / "configs/scenario.json").read_text())
+    settings.update(change)
+    (bundle / "configs/scenario.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=f"{bundle / 'configs/scenario.json'}: refused, .*{message}"):
+        load_scenario(bundle)
+
+
+def test_a_bundle_without_settings_or_with_broken_json_is_refused(tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO_ROOT / "bundles/brain_t1/configs", bundle / "configs")
+    (bundle / "configs/scenario.json").write_text("{not json")
+    with pytest.raises(ValueError, match="scenario.json: not a readable JSON file"):
+        load_scenario(bundle)
+    (bundle / "configs/scenario.json").unlink()
+    with pytest.raises(ValueError, match="scenario.json: missing"):
+        load_scenario(bundle)
+
+
+def test_the_bundles_json_is_at_most_half_of_the_copied_configs_it_replaces():
+    lines = sum(len(p.read_text().splitlines()) for p in (REPO_ROOT / "bundles").rglob("*.json"))
+    assert lines <= 3908 // 2, f"the bundles hold {lines} lines of JSON"

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from monai.bundle import ConfigParser, run
+from monai.bundle import run
 from monai.networks.blocks import Warp
 
+from autoreg_monai.bundle import load_bundle_config
 from autoreg_monai.data import demo_datalist, random_diffeomorphism, warp_label_map
 from autoreg_monai.engines import pair_file_stem
 from autoreg_monai.losses import MINDSSCLoss
@@ -108,7 +109,7 @@ def test_shipped_brain_model_on_the_real_pair(bundle, which, sample_data, tmp_pa
     model also improves it over the pre-alignment alone (the T2 and T2-to-T1 models see a T1 pair here, a
     contrast they were not trained for, so that is printed, not asserted).
     """
-    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.chdir(tmp_path)  # MONAI's runner from any folder
     pair = _real_pair(sample_data, which)
     out = tmp_path / "results"
     # brain_t1 as `autoreg register` runs it (the bundle's refine_steps); the others' refinement briefly (speed)
@@ -164,8 +165,7 @@ def test_mind_bundle_recovers_a_known_deformation_across_contrasts(monkeypatch):
     (unsupervised: the labels only score the result).
     """
     monkeypatch.chdir(REPO_ROOT)
-    parser = ConfigParser()
-    parser.read_config("bundles/brain_t1t2/configs/train.json")
+    parser = load_bundle_config(REPO_ROOT / "bundles/brain_t1t2", "train")
     loss = parser.get_parsed_content("registration_loss")
     assert all(isinstance(term, MINDSSCLoss) for term in loss.similarity.similarities)
     atlas = demo_datalist("brain_t1t2", num_training=0, num_validation=0, num_test=0, size=32)["atlas"]
@@ -200,7 +200,6 @@ def test_evaluate_reports_dice_above_identity_on_the_real_pair(sample_data, tmp_
     """
     import json
 
-    monkeypatch.chdir(REPO_ROOT)
     pair = _real_pair(sample_data)
     datalist = {
         "test": [{"image": str(pair["moving"]), "label": str(pair["moving_label"])}],

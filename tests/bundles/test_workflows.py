@@ -52,7 +52,7 @@ def _train(root: Path, bundle: str, max_epochs: int, **overrides) -> Path:
     models.mkdir()
     Genotype.paper_default().to_json(models / "genotype.json")
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(REPO_ROOT)
+        mp.chdir(root)  # MONAI's runner from any folder: the bundle config names the bundle
         run(
             "train", **_config(bundle, "train"), output_dir=str(models), max_epochs=max_epochs, **{**SMALL, **overrides}
         )
@@ -71,7 +71,6 @@ def test_train_evaluate_inference_of_every_bundle(bundle, tmp_path, monkeypatch)
     small = {**SMALL, "demo_options": options}
     root = _train(tmp_path, bundle, 1, demo_options=options)
     assert (root / "models" / "model.pt").is_file()
-    monkeypatch.chdir(REPO_ROOT)
     run("evaluate", **_config(bundle, "evaluate"), output_dir=str(root / "models"), panels=False, **small)
     demo = demo_datalist(bundle, **options)
     pairs = make_pairs(demo, "test", PAIRING[bundle])
@@ -112,7 +111,6 @@ def test_train_writes_a_weights_only_model_and_resumable_checkpoints(trained):
 
 
 def test_train_resumes_from_its_last_checkpoint(trained, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)
     models = trained / "models"
     run("train", **_config("brain_t1", "train"), output_dir=str(models), max_epochs=3, resume="auto", **SMALL)
     checkpoint = torch.load(models / "train" / "checkpoint_3.pt", weights_only=True)
@@ -121,7 +119,6 @@ def test_train_resumes_from_its_last_checkpoint(trained, monkeypatch):
 
 
 def test_evaluate_writes_metrics_summary_and_panels(trained, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)
     run("evaluate", **_config("brain_t1", "evaluate"), output_dir=str(trained / "models"), **SMALL)
     rows = list(csv.DictReader((trained / "eval" / "metrics.csv").open()))
     pairs = sorted({r["pair"] for r in rows})
@@ -136,7 +133,6 @@ def test_evaluate_writes_metrics_summary_and_panels(trained, monkeypatch):
 
 
 def test_inference_writes_outputs_on_the_fixed_grid(trained, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)
     run("run", **_config("brain_t1", "inference"), output_dir=str(trained / "models"), **SMALL)
     atlas = nib.load(demo_datalist("brain_t1", **DEMO)["atlas"]["image"])
     outputs = sorted(p.name for p in (trained / "results").glob("*.nii.gz"))
@@ -153,7 +149,6 @@ def test_inference_writes_outputs_on_the_fixed_grid(trained, monkeypatch):
 
 
 def test_inference_of_one_given_pair(trained, monkeypatch, tmp_path):
-    monkeypatch.chdir(REPO_ROOT)
     demo = demo_datalist("brain_t1", **DEMO)
     moving, fixed = demo["test"][0]["image"], demo["training"][0]["image"]
     out = tmp_path / "out"
@@ -188,7 +183,6 @@ def test_inference_of_one_given_pair(trained, monkeypatch, tmp_path):
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_ckpt_export_gives_the_eager_output(trained, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)
     models = trained / "models"
     config = _config("brain_t1", "inference")
     ckpt_export(
@@ -213,7 +207,6 @@ def test_ckpt_export_gives_the_eager_output(trained, monkeypatch):
 
 def test_train_logs_to_mlflow_through_monai_tracking(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
-    monkeypatch.chdir(REPO_ROOT)
     models = tmp_path / "models"
     models.mkdir()
     Genotype.paper_default().to_json(models / "genotype.json")

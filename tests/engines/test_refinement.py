@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
 
+from autoreg_monai.bundle import load_bundle_config
 from autoreg_monai.engines import RegistrationEvalStep, RegistrationInferStep, TestTimeRefinement
 from autoreg_monai.losses import MINDSSCLoss, RegistrationLoss
 from autoreg_monai.metrics import folding_percentage
@@ -136,14 +136,11 @@ def test_refinement_checks_its_arguments():
 
 
 @pytest.mark.parametrize("bundle", ["brain_t1", "brain_t1t2"])
-def test_the_config_keys_reach_the_refinement(bundle, monkeypatch):
+def test_the_config_keys_reach_the_refinement(bundle):
     """``refine_steps`` and the genotype's λ and similarity reach the steps of inference and evaluation."""
-    monkeypatch.chdir(REPO_ROOT)  # the configs' %bundles/... macros resolve against the repository root
     genotype = Genotype.from_json(REPO_ROOT / "bundles" / bundle / "models" / "genotype.json")
     for workflow, step_type in (("inference", RegistrationInferStep), ("evaluate", RegistrationEvalStep)):
-        parser = ConfigParser()
-        parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / f"{workflow}.json"))
-        parser.update({"refine_steps": 3, "refine_learning_rate": 0.05})
+        parser = load_bundle_config(REPO_ROOT / "bundles" / bundle, workflow, refine_steps=3, refine_learning_rate=0.05)
         step = parser.get_parsed_content("evaluator#iteration_update")
         assert isinstance(step, step_type)
         refinement = step.refinement

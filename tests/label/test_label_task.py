@@ -119,3 +119,13 @@ def test_weights_that_do_not_fit_the_genotype_are_refused(tmp_path: Path, pair) 
     moving, fixed = pair
     with pytest.raises(ValueError, match=r"model\.pt does not fit the genotype of .*genotype\.json: .*train again"):
         task({"image": moving, "fixed": fixed, "device": "cpu", "prealign": "none"})
+
+
+def test_a_hostile_bundle_is_served_and_none_of_its_payloads_runs(hostile_bundle, phantom_scans, tmp_path) -> None:
+    """Payloads planted in every config of a bundle (tests/conftest.py): the task reads its data, never its code."""
+    bundle, markers = hostile_bundle
+    task = RegistrationInferTask(bundle, output_dir=tmp_path / "results")
+    request = {"image": phantom_scans["moving"], "fixed": phantom_scans["fixed"], "device": "cpu", "prealign": "none"}
+    sent, result = task({**request, "refine_steps": 1})
+    assert Path(sent).is_file() and result["metrics"]["refine_steps"] == 1
+    assert sorted(p.name for p in markers.iterdir()) == []

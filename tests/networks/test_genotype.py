@@ -55,6 +55,14 @@ def test_invalid_genotypes_are_refused():
         Genotype.from_dict({**good, "loss_weights": [1.0, 2.0]})
     with pytest.raises(ValueError, match="finite and positive"):
         Genotype.from_dict({**good, "loss_weights": [1.0, 0.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match=r"unknown genotype key\(s\) \['_target_'\]; a genotype holds only"):
+        Genotype.from_dict({**good, "_target_": "os.system"})
+    with pytest.raises(ValueError, match="loss_weights must be a list of numbers, got \\[\\{'_target_'"):
+        Genotype.from_dict({**good, "loss_weights": [{"_target_": "os.system"}, 1, 1, 1]})
+    with pytest.raises(ValueError, match="loss_weights must be a list of numbers"):
+        Genotype.from_dict({**good, "loss_weights": [True, 1, 1, 1]})
+    with pytest.raises(ValueError, match="feature must be a list of lists of operation names, got conv_3x3"):
+        Genotype.from_dict({**good, "feature": "conv_3x3"})
     with pytest.raises(ValueError, match="schema_version 99"):
         Genotype.from_dict({**good, "schema_version": 99})
     with pytest.raises(ValueError, match=r"must have shape \(num_scales \* 3, 8\)"):

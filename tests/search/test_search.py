@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigParser
 
+from autoreg_monai.bundle import load_bundle_config
 from autoreg_monai.networks.genotype import Genotype
 from autoreg_monai.networks.nets.autoregnet import AutoRegNet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SEARCH_CONFIG = "bundles/brain_t1/configs/search.json"
+SEARCH_CONFIG = str(REPO_ROOT / "bundles/brain_t1/configs/search.json")
 SMALL = {
     "spatial_size": [24, 24, 24],
     "demo_options": {"num_training": 2, "num_validation": 2, "num_test": 1, "size": 32},
@@ -59,12 +59,7 @@ def make_searcher(brain_t1_searcher):
     return lambda output_dir, **overrides: brain_t1_searcher(output_dir, **{**SMALL, **overrides})
 
 
-@pytest.fixture()
-def at_repo_root(monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)  # the bundle's % references are relative to the working directory
-
-
-def test_short_search_moves_alpha_and_writes_outputs(tmp_path, make_searcher, at_repo_root):
+def test_short_search_moves_alpha_and_writes_outputs(tmp_path, make_searcher):
     genotype = make_searcher(tmp_path).run()
     assert Genotype.from_json(tmp_path / "genotype.json") == genotype
     net = AutoRegNet(genotype, feature_channels=(4, 8), deformation_channels=(8, 8, 4))
@@ -82,7 +77,7 @@ def test_short_search_moves_alpha_and_writes_outputs(tmp_path, make_searcher, at
         Genotype.from_json(tmp_path / "search" / stage / "genotype.json")
 
 
-def test_killed_stage_resumes_from_its_checkpoint_with_identical_state(tmp_path, make_searcher, at_repo_root):
+def test_killed_stage_resumes_from_its_checkpoint_with_identical_state(tmp_path, make_searcher):
     """Crash during epoch 2; the restarted run starts epoch 2 with exactly the saved ω, α, λ."""
 
     class Crash(RuntimeError):
@@ -129,7 +124,7 @@ def test_objective_stage_alone_from_the_command_line(tmp_path):
     for key, value in {**SMALL, "output_dir": str(tmp_path / "out"), "genotype": str(tmp_path / "start.json")}.items():
         overrides += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "search_objective", "--config_file", SEARCH_CONFIG, *overrides]
-    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)  # from any folder
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     searched = Genotype.from_json(tmp_path / "out" / "search" / "objective" / "genotype.json")
     assert searched.feature == start.feature and searched.deformation == start.deformation
@@ -138,17 +133,15 @@ def test_objective_stage_alone_from_the_command_line(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "search").iterdir()) == ["objective"]
 
 
-def test_search_config_parses(at_repo_root):
-    parser = ConfigParser()
-    parser.read_config(SEARCH_CONFIG)
-    parser.parse()
+def test_search_config_parses():
+    parser = load_bundle_config(REPO_ROOT / "bundles" / "brain_t1", "search")
     for run_id in ("search", "search_feature", "search_deformation", "search_objective"):
         assert parser.get(run_id)
     assert parser.get_parsed_content("network_def", instantiate=True).func is not None
-    assert parser["bundle_root"] == "bundles/brain_t1"
+    assert parser["bundle_root"] == str(REPO_ROOT / "bundles" / "brain_t1")
 
 
-def test_search_runs_on_a_user_datalist_of_real_scans(tmp_path, make_searcher, sample_data, at_repo_root):
+def test_search_runs_on_a_user_datalist_of_real_scans(tmp_path, make_searcher, sample_data):
     """`--dataset_dir` with a datalist.json of real IXI T1 scans and DLMUSE labels (pairwise pairing)."""
     subjects = ["IXI012-HH-1211", "IXI013-HH-1212", "IXI014-HH-1236", "IXI033-HH-1259"]
     folder = sample_data / "ixi_dlmuse"

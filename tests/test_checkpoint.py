@@ -50,7 +50,7 @@ def test_search_net_round_trip_keeps_alpha_lambda_and_fixed_cells(tmp_path):
     net = AutoRegSearchNet(feature_channels=(4, 8), deformation_channels=(8, 8, 4), feature_ops=feature)
     with torch.no_grad():
         net.alpha_deformation.normal_()
-        net.loss_weights_raw.sub_(0.5)
+        net.log_loss_weights.sub_(0.5)
     loaded = load_model(save_model(net, tmp_path / "search.pt"))
     assert isinstance(loaded, AutoRegSearchNet) and loaded.alpha_feature is None
     torch.testing.assert_close(loaded.alpha_deformation, net.alpha_deformation)

@@ -23,7 +23,7 @@ from .blocks import (
     resize_ddf,
     resize_image,
 )
-from .genotype import DEFAULT_LOSS_WEIGHTS, Genotype, derive_cell_ops, loss_term_names
+from .genotype import DEFAULT_LOSS_WEIGHTS, Genotype, derive_cell_ops, edge_decisions, loss_term_names
 from .nets import AutoRegNet, AutoRegPairNet, AutoRegSearchNet
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "Genotype",
     "MixedOp",
     "derive_cell_ops",
+    "edge_decisions",
     "loss_term_names",
     "resize_ddf",
     "resize_image",

@@ -25,7 +25,14 @@ from autoreg_monai.networks.blocks.cells import EDGES_PER_CELL
 from autoreg_monai.networks.blocks.ops import OPS, PRIMITIVES
 from autoreg_monai.utils.atomic import atomic_write
 
-__all__ = ["DEFAULT_LOSS_WEIGHTS", "GENOTYPE_SCHEMA_VERSION", "Genotype", "derive_cell_ops", "loss_term_names"]
+__all__ = [
+    "DEFAULT_LOSS_WEIGHTS",
+    "GENOTYPE_SCHEMA_VERSION",
+    "Genotype",
+    "derive_cell_ops",
+    "edge_decisions",
+    "loss_term_names",
+]
 
 GENOTYPE_SCHEMA_VERSION = 1
 """Version of the JSON layout written by :meth:`Genotype.to_dict`."""
@@ -76,6 +83,38 @@ def derive_cell_ops(
         )
     chosen = [op_names[i] for i in alpha.detach().argmax(dim=1).tolist()]
     return tuple(tuple(chosen[i : i + EDGES_PER_CELL]) for i in range(0, len(chosen), EDGES_PER_CELL))
+
+
+def edge_decisions(alpha: torch.Tensor, op_names: Sequence[str] = PRIMITIVES) -> list[dict[str, Any]]:
+    """How decided each edge's choice is: the chosen operation's softmax weight and its margin over the runner-up.
+
+    Args:
+        alpha: ``(num_scales * 3, num_ops)`` logits, rows scale-major (finest scale first).
+        op_names: the candidate operation of each column.
+
+    Returns:
+        one dict per edge: ``scale`` (0 = finest), ``edge``, ``op``, ``weight``, ``runner_up``,
+        ``runner_up_weight``, ``margin`` (weight minus runner-up weight) and ``decided``: the chosen weight is
+        at least twice uniform (``2 / num_ops``), the threshold below which an argmax is close to noise.
+    """
+    derive_cell_ops(alpha, op_names)  # the shape check
+    weights = torch.softmax(alpha.detach().double().cpu(), dim=1)
+    top = weights.topk(2, dim=1)
+    rows = []
+    for row, (values, indices) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+        rows.append(
+            {
+                "scale": row // EDGES_PER_CELL,
+                "edge": row % EDGES_PER_CELL,
+                "op": op_names[indices[0]],
+                "weight": round(values[0], 4),
+                "runner_up": op_names[indices[1]],
+                "runner_up_weight": round(values[1], 4),
+                "margin": round(values[0] - values[1], 4),
+                "decided": values[0] >= 2.0 / len(op_names),
+            }
+        )
+    return rows
 
 
 _GENOTYPE_KEYS = ("schema_version", "feature", "deformation", "loss_weights", "loss_terms")

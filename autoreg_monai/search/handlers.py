@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from autoreg_monai.networks.genotype import loss_term_names
+from autoreg_monai.networks.genotype import edge_decisions, loss_term_names
 from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
 from autoreg_monai.utils.atomic import atomic_write
 from autoreg_monai.viz import plot_alpha_heatmaps, plot_loss_weight_trajectory
@@ -166,19 +166,29 @@ class SearchRecorder:
 
 
 class StageExporter:
-    """At the end of a stage: ``genotype.json``, the α heatmap and the λ trajectory, in ``output_dir``.
+    """At the end of a stage: ``genotype.json``, ``decisions.json`` (per searched edge, the chosen operation's
+    softmax weight and its margin over the runner-up, :func:`edge_decisions`), the α heatmap and the λ
+    trajectory, in ``output_dir``; the log says how many edges are decided.
 
     Args:
         network: the stage's search network.
         recorder: the stage's :class:`SearchRecorder` (for the λ trajectory).
         output_dir: the stage folder.
         title: figure title (e.g. the stage name).
+        searched_cells: the cells (``feature``, ``deformation``) whose α the stage learns: their decisions are
+            written (the others are uniform or fixed).
     """
 
     def __init__(
-        self, network: AutoRegSearchNet, recorder: SearchRecorder, output_dir: str | Path, title: str = ""
+        self,
+        network: AutoRegSearchNet,
+        recorder: SearchRecorder,
+        output_dir: str | Path,
+        title: str = "",
+        searched_cells: Sequence[str] = ("feature", "deformation"),
     ) -> None:
         self.network = network
+        self.searched_cells = tuple(searched_cells)
         self.recorder = recorder
         self.output_dir = Path(output_dir)
         self.title = title
@@ -212,4 +222,19 @@ class StageExporter:
             self.title,
         )
         net.genotype().to_json(self.output_dir / "genotype.json")
+        decisions = {
+            cell: edge_decisions(alpha, net.op_names)
+            for cell, alpha in (("feature", net.alpha_feature), ("deformation", net.alpha_deformation))
+            if alpha is not None and cell in self.searched_cells
+        }
+        with atomic_write(self.output_dir / "decisions.json", "w") as handle:
+            json.dump(decisions, handle, indent=2)
+        for cell, rows in decisions.items():
+            decided = sum(r["decided"] for r in rows)
+            weakest = min(rows, key=lambda r: r["weight"])
+            logger.info(
+                f"{cell} cell: {decided} of {len(rows)} edges decided (chosen op >= 2x uniform weight "
+                f"{2 / len(net.op_names):.3f}); weakest edge scale {weakest['scale']} edge {weakest['edge']}: "
+                f"{weakest['op']} {weakest['weight']:.3f} vs {weakest['runner_up']} {weakest['runner_up_weight']:.3f}"
+            )
         logger.info(f"stage outputs written to {self.output_dir}")

@@ -101,7 +101,8 @@ class AutoRegSearch:
         label_loss: warped-label Dice loss (objective stage).
         weight_optimizer: ``params -> optimizer`` for ω (paper: Adam, lr 1e-4).
         arch_optimizer: ``params -> optimizer`` for α (paper: Adam, lr 1e-4, betas (0.5, 0.999)).
-        hyper_optimizer: ``params -> optimizer`` for λ (paper: Adam, lr 4e-3, betas (0.5, 0.999)).
+        hyper_optimizer: ``params -> optimizer`` for ``log λ`` (the bundles: Adam, lr 0.05 = about 5 % of λ per
+            step, betas (0.5, 0.999); the paper's 4e-3 was an absolute step on λ).
         output_dir: where the outputs go (see the module docstring).
         device: ``"cpu"``, ``"cuda"``, or a ``torch.device``.
         max_epochs: maximum epochs per stage (paper: 45).
@@ -318,7 +319,10 @@ class AutoRegSearch:
             )
             StatsHandler(iteration_log=False, tag_name=f"search[{stage.value}]").attach(trainer)
             TensorBoardStatsHandler(log_dir=str(folder / "logs"), iteration_log=False).attach(trainer)
-            StageExporter(network, recorder, folder, title=f"AutoReg search, {stage.value} stage").attach(trainer)
+            searched = {SearchStage.FEATURE: ("feature",), SearchStage.DEFORMATION: ("deformation",)}.get(stage, ())
+            StageExporter(
+                network, recorder, folder, title=f"AutoReg search, {stage.value} stage", searched_cells=searched
+            ).attach(trainer)
         for handler in self.handlers:
             handler.attach(trainer)
         if self.progress and main:

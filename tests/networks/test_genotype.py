@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from autoreg_monai.networks.blocks.ops import PRIMITIVES
-from autoreg_monai.networks.genotype import GENOTYPE_SCHEMA_VERSION, Genotype, loss_term_names
+from autoreg_monai.networks.genotype import GENOTYPE_SCHEMA_VERSION, Genotype, edge_decisions, loss_term_names
 
 
 def test_derive_takes_the_argmax_of_every_edge():
@@ -67,6 +68,20 @@ def test_invalid_genotypes_are_refused():
         Genotype.from_dict({**good, "schema_version": 99})
     with pytest.raises(ValueError, match=r"must have shape \(num_scales \* 3, 8\)"):
         Genotype.derive(torch.zeros(5, 8), torch.zeros(6, 8))
+
+
+def test_edge_decisions_give_the_weight_and_margin_of_each_choice():
+    alpha = torch.zeros(6, 8)
+    alpha[0, 2] = math.log(6.0)  # weights: 6/13 for op 2, 1/13 for the seven others
+    alpha[1, 5], alpha[1, 4] = 0.2, 0.1  # nearly uniform: an argmax close to noise
+    rows = edge_decisions(alpha, PRIMITIVES)
+    assert len(rows) == 6 and [(r["scale"], r["edge"]) for r in rows[:4]] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    assert rows[0]["op"] == PRIMITIVES[2] and rows[0]["weight"] == pytest.approx(6 / 13, abs=1e-4)
+    assert rows[0]["margin"] == pytest.approx(5 / 13, abs=1e-4) and rows[0]["decided"]
+    assert rows[1]["op"] == PRIMITIVES[5] and rows[1]["runner_up"] == PRIMITIVES[4] and not rows[1]["decided"]
+    assert rows[1]["margin"] == pytest.approx(
+        (math.exp(0.2) - math.exp(0.1)) / (math.exp(0.2) + math.exp(0.1) + 6), abs=1e-4
+    )
 
 
 def test_unreadable_file_error_names_the_file(tmp_path):

@@ -72,6 +72,6 @@ def test_stage_variables_follow_the_stage_and_refuse_fixed_cells():
     feature = (("conv_3x3",) * 3,) * 2
     net = AutoRegSearchNet(feature_channels=(2, 4), deformation_channels=(4, 4, 2), feature_ops=feature)
     assert stage_variables(net, "deformation") == [net.alpha_deformation]
-    assert stage_variables(net, "objective") == [net.loss_weights_raw]
+    assert stage_variables(net, "objective") == [net.log_loss_weights]
     with pytest.raises(ValueError, match="the feature stage searches a cell type that this network has fixed"):
         stage_variables(net, "feature")

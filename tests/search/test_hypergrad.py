@@ -84,7 +84,7 @@ def test_finite_difference_hypergradient_matches_double_backward(problem, upper_
     upper = net.arch_parameters() if upper_kind == "alpha" else net.hyper_parameters()
     train_loss, upper_loss = _losses(net, train, val, upper_kind)
     weights = {
-        n: p for n, p in net.named_parameters() if n not in ("alpha_feature", "alpha_deformation", "loss_weights_raw")
+        n: p for n, p in net.named_parameters() if n not in ("alpha_feature", "alpha_deformation", "log_loss_weights")
     }
     exact = _exact_unrolled(net, train_loss, upper_loss, upper, xi)
     exact = [torch.zeros_like(u) if g is None else g for u, g in zip(upper, exact)]

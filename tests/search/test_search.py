@@ -75,6 +75,14 @@ def test_short_search_moves_alpha_and_writes_outputs(tmp_path, make_searcher):
             pixels = matplotlib.image.imread(tmp_path / "search" / stage / figure)
             assert pixels.shape[0] > 100 and pixels[..., :3].std() > 0.05
         Genotype.from_json(tmp_path / "search" / stage / "genotype.json")
+    decisions = {
+        s: json.loads((tmp_path / "search" / s / "decisions.json").read_text()) for s in ("feature", "deformation")
+    }
+    assert list(decisions["feature"]) == ["feature"] and list(decisions["deformation"]) == ["deformation"]
+    rows = decisions["feature"]["feature"]
+    assert [row["op"] for row in rows] == [op for scale in genotype.feature for op in scale]
+    assert all(row["weight"] >= row["runner_up_weight"] and row["decided"] == (row["weight"] >= 0.25) for row in rows)
+    assert json.loads((tmp_path / "search" / "objective" / "decisions.json").read_text()) == {}  # nothing searched
 
 
 def test_killed_stage_resumes_from_its_checkpoint_with_identical_state(tmp_path, make_searcher):

@@ -10,6 +10,8 @@
 # limitations under the License.
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_search_net_field_shapes_and_parameter_groups(pair):
     torch.testing.assert_close(net.loss_weights, torch.tensor([10.0, 15.0, 3.2, 0.8]))
     groups = [net.weight_parameters(), net.arch_parameters(), net.hyper_parameters()]
     assert sum(len(g) for g in groups) == len(list(net.parameters()))
-    assert {"alpha_feature", "alpha_deformation", "loss_weights_raw"} <= set(net.state_dict())
+    assert {"alpha_feature", "alpha_deformation", "log_loss_weights"} <= set(net.state_dict())
 
 
 def test_gradients_reach_alpha_and_lambda_through_the_registration_loss(pair):
@@ -137,11 +139,48 @@ def test_bad_inputs_are_refused_with_clear_messages():
         AutoRegSearchNet(loss_weights=(1.0, -1.0, 1.0, 1.0))
 
 
+def test_lambda_is_positive_and_its_gradient_matches_finite_differences():
+    """λ = exp(log λ): positive for any parameter value, and d(objective)/d(log λ) = λ ⊙ d(objective)/dλ."""
+    net = AutoRegSearchNet(feature_channels=(4, 8), deformation_channels=(8, 8, 4))
+    with torch.no_grad():
+        net.log_loss_weights.copy_(torch.tensor([-30.0, 0.0, 3.0, 30.0]))
+    assert bool(torch.all(net.loss_weights > 0)) and bool(torch.all(torch.isfinite(net.loss_weights)))
+    terms = torch.tensor([0.3, -1.2, 0.7, 2.0], dtype=torch.float64)
+
+    def objective(log_weights: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            net.log_loss_weights.copy_(log_weights)
+        return (net.loss_weights.double() * terms).sum()
+
+    start = torch.tensor([2.3, 2.7, 1.16, -0.22])
+    with torch.no_grad():
+        net.log_loss_weights.copy_(start)
+    net.log_loss_weights.grad = None
+    (net.loss_weights.double() * terms).sum().backward()
+    analytic = net.log_loss_weights.grad.double().clone()
+    eps = 1e-3
+    numeric = torch.stack(
+        [(objective(start + eps * e) - objective(start - eps * e)) / (2 * eps) for e in torch.eye(4)]
+    ).double()
+    torch.testing.assert_close(analytic, numeric, rtol=1e-3, atol=1e-4)
+
+
+def test_a_lambda_step_is_relative_whatever_lambda_is():
+    """An Adam step of learning rate 0.05 on log λ moves every λ (0.8 or 15) by the same factor, about 5 %."""
+    net = AutoRegSearchNet(feature_channels=(4, 8), deformation_channels=(8, 8, 4), loss_weights=(10, 15, 3.2, 0.8))
+    before = net.loss_weights.detach().clone()
+    optimizer = torch.optim.Adam(net.hyper_parameters(), lr=0.05)
+    net.loss_weights.sum().backward()  # the same sign for every λ
+    optimizer.step()
+    ratio = net.loss_weights.detach() / before
+    torch.testing.assert_close(ratio, torch.full((4,), math.exp(-0.05)), rtol=1e-4, atol=1e-6)
+
+
 def test_search_state_dict_round_trip_restores_alpha_and_lambda():
     net = AutoRegSearchNet()
     with torch.no_grad():
         net.alpha_feature.normal_()
-        net.loss_weights_raw.add_(1.0)
+        net.log_loss_weights.add_(1.0)
     clone = AutoRegSearchNet()
     clone.load_state_dict(net.state_dict())
     torch.testing.assert_close(clone.alpha_feature, net.alpha_feature)

@@ -107,3 +107,18 @@ def test_rejects_unknown_order(problem):
     train_loss, upper_loss = _losses(net, train, val, "alpha")
     with pytest.raises(ValueError, match="order must be one of"):
         hypergradient(train_loss, upper_loss, {}, net.arch_parameters(), xi=0.1, order="third")
+
+
+def test_the_first_order_hypergradient_is_the_direct_term(problem):
+    """``order="first"``: d L_up(ω, α) / dα at the current ω, no virtual step (DARTS' first-order mode)."""
+    net, train, val = problem
+    upper = net.arch_parameters()
+    train_loss, upper_loss = _losses(net, train, val, "alpha")
+    weights = {
+        n: p for n, p in net.named_parameters() if n not in ("alpha_feature", "alpha_deformation", "log_loss_weights")
+    }
+    first, value = hypergradient(train_loss, upper_loss, weights, upper, xi=0.05, order="first")
+    direct = torch.autograd.grad(upper_loss(weights), upper)
+    for got, expected in zip(first, direct):
+        torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(value, upper_loss(weights).detach())

@@ -41,6 +41,7 @@ __all__ = [
     "is_main_process",
     "local_device",
     "setup_device",
+    "shutdown",
 ]
 
 
@@ -86,6 +87,20 @@ def setup_device(device: torch.device | str, cudnn_benchmark: bool = True) -> to
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cudnn_benchmark
     return device
+
+
+def shutdown() -> None:
+    """End this process's part of the run: wait at a barrier until every rank got here, then destroy the process
+    group (a no-op without one).
+
+    Without the barrier a rank that finishes first tears its connections down while a peer still reads from
+    them, and the peer's communication thread can abort the process (``terminate called without an active
+    exception``) after a run that was otherwise complete.
+    """
+    if not is_distributed():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

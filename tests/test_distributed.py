@@ -27,7 +27,7 @@ from monai.data import DistributedSampler
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader
 
-from autoreg_monai.distributed import all_reduce_mean, any_rank, broadcast_object, is_main_process
+from autoreg_monai.distributed import all_reduce_mean, any_rank, broadcast_object, is_main_process, shutdown
 from autoreg_monai.losses import RegistrationLoss, WarpedLabelDiceLoss
 from autoreg_monai.networks import AutoRegSearchNet, Genotype
 from autoreg_monai.search import AutoRegSearchTrainer, stage_variables
@@ -110,7 +110,8 @@ def _worker(rank: int, world: int, stage: str, store: str, out: str) -> None:
     try:
         torch.save(_search_steps(stage, world), Path(out) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown()
+        assert not dist.is_initialized()
 
 
 @pytest.mark.parametrize("stage", ["feature", "objective"])
@@ -149,7 +150,8 @@ def _reduce_worker(rank: int, store: str, out: str) -> None:
         }
         torch.save(result, Path(out) / f"reduce{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown()
+        assert not dist.is_initialized()
 
 
 def test_helpers_under_two_processes(tmp_path):

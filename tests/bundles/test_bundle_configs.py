@@ -93,7 +93,7 @@ def test_multi_gpu_overlay_is_one_setting_and_adds_the_distributed_wiring(bundle
     assert not missing, f"{workflow} + overlay refer to undefined ids {missing}"
     assert content["train_sampler"]["_target_"] == "DistributedSampler"
     assert any("init_process_group" in expression for expression in content["initialize"])
-    assert any("destroy_process_group" in expression for expression in content["finalize"])
+    assert content["finalize"] == ["$autoreg_monai.distributed.shutdown()"]  # barrier, then destroy the group
     if workflow == "train":
         assert content["network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
         assert content["validate"]["evaluator"]["network"] == "@network_def"  # validation without DDP's hooks

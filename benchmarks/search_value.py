@@ -20,6 +20,9 @@ epochs, once per seed, then scored by its ``evaluate`` workflow on the test pair
 - ``random k``: operations drawn uniformly per edge (seed k), with the searched λ: the random-search
   baseline of Li & Talwalkar (2019) and Yang et al. (2020).
 
+With ``--seed_searches`` (genotypes of the same search run with other seeds) it also reports how often the
+searches pick the same operation per edge: a decision the seed does not change is one the data made.
+
 Prints a table (mean ± sd over seeds per row; mean ± sd and best over the random rows) and writes JSON; a
 run that stops resumes from the rows already in ``--out`` (``--resume``). Example (demo set, 2 cores)::
 
@@ -95,6 +98,17 @@ def train_and_score(
     }
 
 
+def seed_agreement(genotypes: list[Genotype]) -> dict[str, Any]:
+    """Per cell: the fraction of edges on which every genotype has the same operation, and those operations
+    (``None`` where they differ)."""
+    result: dict[str, Any] = {}
+    for cell in ("feature", "deformation"):
+        edges = [[op for scale in getattr(g, cell) for op in scale] for g in genotypes]
+        same = [ops[0] if len(set(ops)) == 1 else None for ops in zip(*edges)]
+        result[cell] = {"agreement": sum(op is not None for op in same) / len(same), "agreed_ops": same}
+    return result
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
@@ -146,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--grid", choices=("bundle", "search"), default="bundle",
         help="bundle: the bundle's working grid (2 mm for the brains); search: the search's 32³ (much faster)",
     )  # fmt: skip
+    parser.add_argument(
+        "--seed_searches", help="comma-separated genotype JSONs of the same search with other seeds: op agreement"
+    )
     parser.add_argument("--only", help="comma-separated row names to run (default: all)")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file written")
@@ -175,8 +192,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"{name}, seed {seed}: {shown} ({result.get('train_seconds', '-')} s training)", flush=True)
                 write_json({"benchmark": "search_value", "options": options, "runs": runs}, args.out)
     summary = summarise(runs)
+    if args.seed_searches:
+        others = [Genotype.from_json(path) for path in args.seed_searches.split(",")]
+        summary["seed_agreement"] = seed_agreement([searched, *others])
     result = {"benchmark": "search_value", "machine": machine(), "options": options, "runs": runs, **summary}
     print(table(summary))
+    for cell, agreement in summary.get("seed_agreement", {}).items():
+        print(f"{cell} cell: {agreement['agreement']:.0%} of edges the same operation in every search seed")
     print(f"wrote {write_json(result, args.out)}")
     return result
 

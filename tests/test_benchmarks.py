@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from autoreg_monai.networks import Genotype
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 OPTIONAL_PEERS = {"ants_syn": "ants", "elastix_bspline": "itk"}  # accuracy.py's optional methods (extra `bench`)
 
@@ -174,3 +176,15 @@ def test_accuracy_only_keeps_the_pairs_named(sample_data):
     assert sum("fsaverage" in name for name in names) == 2 and sum("IXI" in name for name in names) == 3
     with pytest.raises(SystemExit, match="--only no_such_pair: no pair name contains it"):
         accuracy.main(["--only", "no_such_pair", "--methods", "affine"])
+
+
+def test_seed_agreement_counts_the_edges_every_search_seed_chose_alike():
+    seed_agreement = _benchmark_module("search_value").seed_agreement
+    first = Genotype.paper_default()
+    deformation = [list(scale) for scale in first.deformation]
+    deformation[1][2] = "conv_1x1" if deformation[1][2] != "conv_1x1" else "conv_3x3"  # one edge of six differs
+    second = Genotype(first.feature, deformation, first.loss_weights)
+    agreement = seed_agreement([first, second])
+    assert agreement["feature"] == {"agreement": 1.0, "agreed_ops": [op for s in first.feature for op in s]}
+    assert agreement["deformation"]["agreement"] == pytest.approx(5 / 6)
+    assert agreement["deformation"]["agreed_ops"][5] is None and agreement["deformation"]["agreed_ops"][0] is not None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .handlers import RankingStabilityStopper, SearchRecorder, StageExporter, variable_ranking
 from .hypergrad import HYPERGRADIENT_ORDERS, hypergradient
 from .searcher import AutoRegSearch, format_genotype
-from .trainer import AutoRegSearchTrainer, SearchStage, prepare_pair, stage_variables
+from .trainer import AutoRegSearchTrainer, SearchStage, mixing_entropy, prepare_pair, stage_variables
 
 __all__ = [
     "HYPERGRADIENT_ORDERS",
@@ -27,6 +27,7 @@ __all__ = [
     "StageExporter",
     "format_genotype",
     "hypergradient",
+    "mixing_entropy",
     "prepare_pair",
     "stage_variables",
     "variable_ranking",

@@ -123,6 +123,8 @@ class AutoRegSearch:
         max_bad_steps: consecutive iterations with a NaN/Inf that stop a stage (fewer are skipped and logged).
         cudnn_benchmark: on a GPU, let cuDNN time its kernels on the first pair and reuse the fastest (every
             pair has the working grid); set after each stage's ``set_determinism``, which turns it off.
+        entropy_weight: weight of the mixing-entropy term of the α stages, ramped up after the warm-up
+            (:class:`AutoRegSearchTrainer`); 0 = plain DARTS.
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class AutoRegSearch:
         handlers: Sequence[Any] | None = None,
         max_bad_steps: int = 5,
         cudnn_benchmark: bool = False,
+        entropy_weight: float = 0.0,
     ) -> None:
         warmup_epochs = max_epochs // 3 if warmup_epochs is None else warmup_epochs
         if max_epochs < 1 or not 0 <= warmup_epochs < max_epochs:
@@ -183,6 +186,7 @@ class AutoRegSearch:
         self.handlers = list(handlers or [])
         self.max_bad_steps = max_bad_steps
         self.cudnn_benchmark = cudnn_benchmark
+        self.entropy_weight = entropy_weight
 
     @staticmethod
     def _read_genotype(genotype: str | Path | Mapping | Genotype) -> Genotype:
@@ -284,6 +288,7 @@ class AutoRegSearch:
             fd_radius=self.fd_radius,
             epoch_length=self.epoch_length,
             max_bad_steps=self.max_bad_steps,
+            entropy_weight=self.entropy_weight,
         )
         state = {
             "network": network,

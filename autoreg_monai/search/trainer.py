@@ -40,7 +40,7 @@ from autoreg_monai.networks.nets.autoregnet import AutoRegSearchNet
 from autoreg_monai.numerical_guard import NumericalGuard, pair_names
 from autoreg_monai.search.hypergrad import HYPERGRADIENT_ORDERS, hypergradient
 
-__all__ = ["AutoRegSearchTrainer", "SearchStage", "prepare_pair", "stage_variables"]
+__all__ = ["AutoRegSearchTrainer", "SearchStage", "mixing_entropy", "prepare_pair", "stage_variables"]
 
 
 class SearchStage(str, Enum):
@@ -73,6 +73,20 @@ def stage_variables(network: AutoRegSearchNet, stage: SearchStage | str) -> list
     return variables
 
 
+def mixing_entropy(alpha: torch.Tensor) -> torch.Tensor:
+    """The mean over edges of the entropy of each edge's mixing weights ``softmax(α)``: ``log(num_ops)`` when
+    every operation weighs the same, 0 when each edge has chosen one (DiNTS' entropy loss, He et al. 2021).
+
+    Args:
+        alpha: ``(edges, num_ops)`` logits.
+
+    Returns:
+        a scalar tensor, differentiable with respect to ``alpha``.
+    """
+    log_weights = torch.log_softmax(alpha, dim=1)
+    return -(log_weights.exp() * log_weights).sum(dim=1).mean()
+
+
 class AutoRegSearchTrainer(Trainer):
     """Bilevel search of one AutoReg variable: upper step on validation pairs, then an ω step.
 
@@ -97,6 +111,10 @@ class AutoRegSearchTrainer(Trainer):
         non_blocking: non-blocking host-to-device copies.
         max_bad_steps: consecutive iterations with a NaN/Inf (loss, gradient, α or λ) that stop the stage with
             :class:`~autoreg_monai.numerical_guard.NumericalFaultError`; fewer are skipped with a warning.
+        entropy_weight: α stages: the weight of :func:`mixing_entropy` added to the upper objective, ramped
+            linearly from 0 after the warm-up to this value at ``max_epochs``: the hypergradient leads while the
+            ranking forms, the entropy term then turns the leading operation of each edge into a decision
+            (0: plain DARTS, the argmax of weights that may stay near uniform).
 
     The engine output of an iteration is ``{"loss": L_tr before the ω step, "upper_loss": L_up at ω'
     (nan during warm-up), "skipped": whether a step was skipped for a non-finite value}``; under ``torchrun``
@@ -123,8 +141,11 @@ class AutoRegSearchTrainer(Trainer):
         handlers: Sequence | None = None,
         non_blocking: bool = False,
         max_bad_steps: int = 5,
+        entropy_weight: float = 0.0,
     ) -> None:
         stage = SearchStage(stage)
+        if entropy_weight < 0:
+            raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
         if order not in HYPERGRADIENT_ORDERS:
             raise ValueError(f"order must be one of {HYPERGRADIENT_ORDERS}, got {order!r}")
         upper = stage_variables(network, stage)
@@ -161,6 +182,7 @@ class AutoRegSearchTrainer(Trainer):
         self.order = order
         self.xi = float(weight_optimizer.param_groups[0]["lr"]) if xi is None else float(xi)
         self.fd_radius = fd_radius
+        self.entropy_weight = 0.0 if stage == SearchStage.OBJECTIVE else float(entropy_weight)
         special = {id(p) for p in network.arch_parameters() + network.hyper_parameters()}
         self.weight_names = [n for n, p in network.named_parameters() if id(p) not in special]
         self.val_data_loader = val_data_loader
@@ -171,6 +193,12 @@ class AutoRegSearchTrainer(Trainer):
             SearchStage.DEFORMATION: ["α_D"],
             SearchStage.OBJECTIVE: [f"λ parameter {i}" for i in range(len(self.upper_variables))],
         }[stage]
+
+    def current_entropy_weight(self, epoch: int) -> float:
+        """The weight of the entropy term in ``epoch`` (1-based): 0 up to the warm-up's end, then linear to
+        ``entropy_weight`` at ``max_epochs``."""
+        upper_epochs = self.state.max_epochs - self.warmup_epochs
+        return self.entropy_weight * min(max(epoch - self.warmup_epochs, 0) / upper_epochs, 1.0)
 
     def _next_validation_pair(self) -> dict[str, torch.Tensor]:
         try:
@@ -224,6 +252,10 @@ class AutoRegSearchTrainer(Trainer):
             self.fd_radius,
             reduce=all_reduce_mean,
         )
+        weight = self.current_entropy_weight(engine.state.epoch)
+        if weight > 0:  # α only: its own term, no ω in it
+            variables = self.upper_variables
+            grads = [g + weight * torch.autograd.grad(mixing_entropy(v), v)[0] for g, v in zip(grads, variables)]
         named = [("upper loss", value), *((f"hypergradient of {n}", g) for n, g in zip(self._upper_names, grads))]
         if not self.guard.passed(engine, "upper step", pair, named):
             return None

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from monai.bundle import verify_metadata
 from monai.bundle.reference_resolver import ReferenceResolver
 
@@ -173,3 +174,16 @@ def test_a_bundle_without_settings_or_with_broken_json_is_refused(tmp_path):
 def test_the_bundles_json_is_at_most_half_of_the_copied_configs_it_replaces():
     lines = sum(len(p.read_text().splitlines()) for p in (REPO_ROOT / "bundles").rglob("*.json"))
     assert lines <= 3908 // 2, f"the bundles hold {lines} lines of JSON"
+
+
+def test_search_learning_rates_and_entropy_weight_are_flat_ids_a_command_line_can_set():
+    """MONAI's runner cannot set ``arch_optimizer#lr`` through a bundle config that only hands over: flat ids."""
+    overrides = {"search_learning_rate": 2e-4, "arch_learning_rate": 0.01, "hyper_learning_rate": 0.02}
+    parser = compose_workflow(REPO_ROOT / "bundles/brain_t1", "search", quiet=True, entropy_weight=0.0, **overrides)
+    parser = parser.parser
+    parser.parse()
+    weight = torch.nn.Parameter(torch.zeros(1))
+    for optimizer, name in (("weight_optimizer", "search_learning_rate"), ("arch_optimizer", "arch_learning_rate"),
+                            ("hyper_optimizer", "hyper_learning_rate")):  # fmt: skip
+        assert parser.get_parsed_content(optimizer)([weight]).param_groups[0]["lr"] == overrides[name]
+    assert parser.get_parsed_content("searcher#entropy_weight") == 0.0

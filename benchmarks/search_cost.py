@@ -22,11 +22,15 @@
 4. With ``--nproc N``: the search epoch of part 1 under the multi-GPU overlay with 1 and with N
    processes (gloo on CPU, each rank ``cores / N`` threads; then nccl, one GPU per rank, when N GPUs exist):
    seconds per iteration, pairs per second, speed-up.
+5. ``variants``: seconds per search iteration (feature stage, upper step from the first iteration) of the
+   hypergradient's order (second / first), partial channels (``search_channel_fraction`` 1 / 0.25) and
+   channels-last, each the second epoch of a 2-epoch run on ``--variant_pairs`` pairs, side by side.
 
     python benchmarks/search_cost.py                 # brain_t1 at its defaults (about 45 min on 2 cores)
     python benchmarks/search_cost.py --skip_whole    # parts 1 and 3 only (a few minutes)
     python benchmarks/search_cost.py --nproc 2 --parts distributed   # part 4 only: 1 vs 2 processes
     python benchmarks/search_cost.py --override spatial_size=[16,16,16] --skip_whole --out /tmp/cost.json
+    python benchmarks/search_cost.py --parts variants --out benchmarks/results/search_variants.json  # ~15 min
 """
 
 from __future__ import annotations
@@ -110,7 +114,14 @@ class IterationProfiler:
         return {key: {"seconds": e.cpu_time_total / 1e6, "calls": e.count} for key, e in sorted(events.items())}
 
 
-PARTS = ("epochs", "whole", "profile", "distributed")
+PARTS = ("epochs", "whole", "profile", "distributed", "variants")
+VARIANTS = (  # (order, search_channel_fraction, search_channels_last)
+    ("second", 1.0, False),
+    ("first", 1.0, False),
+    ("second", 0.25, False),
+    ("first", 0.25, False),
+    ("first", 0.25, True),
+)
 
 
 def _workflow(
@@ -275,6 +286,42 @@ def distributed_costs(bundle: str, overrides: dict[str, Any], work: Path, nproc:
     return {"pairs_per_epoch": pairs, "rows": rows}
 
 
+def variant_costs(bundle: str, overrides: dict[str, Any], work: Path, pairs: int) -> dict[str, Any]:
+    """Part 5: one search epoch per variant of :data:`VARIANTS` (the second of two, on ``pairs`` pairs)."""
+    rows = []
+    for order, fraction, channels_last in VARIANTS:
+        settings = {
+            **overrides,
+            "order": order,
+            "search_channel_fraction": fraction,
+            "search_channels_last": channels_last,
+            "max_pairs": pairs,
+            "warmup_epochs": 0,
+            "patience": 1000,
+            "max_epochs": 2,
+            "output_dir": str(work / f"variant_{order}_{fraction}_{channels_last}"),
+        }
+        run = run_workflow(bundle, "search", "search_feature", settings)
+        seconds = run["epoch_seconds"][1] / pairs
+        rows.append(
+            {
+                "order": order,
+                "channel_fraction": fraction,
+                "channels_last": channels_last,
+                "seconds_per_iteration": seconds,
+                "peak_rss_mib": run["peak_rss_mib"],
+            }
+        )
+        print(
+            f"variant {order}, fraction {fraction}, channels-last {channels_last}: {seconds:.2f} s/iteration",
+            flush=True,
+        )
+    base = rows[0]["seconds_per_iteration"]
+    for row in rows:
+        row["speedup"] = base / row["seconds_per_iteration"]
+    return {"spatial_size": _config_value(bundle, "search", "spatial_size"), "pairs": pairs, "rows": rows}
+
+
 def tables(result: dict[str, Any]) -> str:
     """The results as markdown tables."""
     lines: list[str] = []
@@ -323,6 +370,19 @@ def tables(result: dict[str, Any]) -> str:
                 for r in result["distributed"]["rows"]
             ),
         ]
+    if "variants" in result:
+        variants = result["variants"]
+        lines += [
+            "",
+            f"| search iteration at {variants['spatial_size']} | channel fraction | channels-last | s per iteration | "
+            "peak RSS MiB | speed-up |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {r['order']} order | {r['channel_fraction']:g} | {'yes' if r['channels_last'] else 'no'} | "
+                f"{r['seconds_per_iteration']:.2f} | {r['peak_rss_mib']:.0f} | {r['speedup']:.2f} |"
+                for r in variants["rows"]
+            ),
+        ]
     return "\n".join(lines).strip("\n")
 
 
@@ -343,11 +403,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--skip_whole", action="store_true", help="leave out the whole default runs (part 2)")
     parser.add_argument("--nproc", type=int, default=1, help="part 4: also time the search epoch with N processes")
     parser.add_argument(
-        "--parts", default=None, help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all that apply)"
+        "--parts",
+        default=None,
+        help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all that apply but variants)",
     )
+    parser.add_argument("--variant_pairs", type=int, default=2, help="part 5: pairs per timed epoch")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file written")
     args = parser.parse_args(argv)
-    parts = set(PARTS) if args.parts is None else set(args.parts.split(","))
+    parts = set(PARTS) - {"variants"} if args.parts is None else set(args.parts.split(","))
     if not parts <= set(PARTS):
         raise SystemExit(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
     if args.skip_whole:
@@ -366,6 +429,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["profile"] = search_profile(args.bundle, overrides, work)
         if "distributed" in parts:
             result["distributed"] = distributed_costs(args.bundle, overrides, work, args.nproc)
+        if "variants" in parts:
+            result["variants"] = variant_costs(args.bundle, overrides, work, args.variant_pairs)
     result["machine"] = machine("cpu")
     print(tables(result))
     print(f"wrote {write_json(result, args.out)}")

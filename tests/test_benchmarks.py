@@ -55,7 +55,7 @@ def test_inference_speed_writes_its_table_and_json(tmp_path):
 def test_search_cost_reports_epochs_and_the_profile(tmp_path):
     out = tmp_path / "cost.json"
     small = ["spatial_size=[16,16,16]", "feature_channels=[4,8]", "search_feature_channels=[4,8]",
-             "search_deformation_channels=[8,8,4]", "max_pairs=2",
+             "search_deformation_channels=[8,8,4]", "max_pairs=2", "order=second",
              'demo_options={"num_training":2,"num_validation":1,"num_test":1,"size":32}']  # fmt: skip
     result = _run("search_cost.py", "--skip_whole", *[x for o in small for x in ("--override", o)], "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -75,6 +75,30 @@ def test_search_cost_reports_epochs_and_the_profile(tmp_path):
     assert parts["mixed_op"]["seconds"] > 0 and parts["mixed_op"]["calls"] > 0
     shares = [parts[n]["share_of_step"] for n in ("virtual_step", "upper_gradient", "hessian_vector_product")]
     assert abs(sum(shares) + parts["weight_step"]["share_of_step"] - 1.0) < 1e-6
+
+
+def test_search_cost_times_the_order_partial_channel_and_layout_variants_side_by_side(tmp_path):
+    out = tmp_path / "variants.json"
+    small = ["spatial_size=[16,16,16]", "search_feature_channels=[4,8]", "search_deformation_channels=[8,8,4]",
+             'demo_options={"num_training":1,"num_validation":1,"num_test":1,"size":16}']  # fmt: skip
+    result = _run(
+        "search_cost.py", "--parts", "variants", "--variant_pairs", "1",
+        *[x for o in small for x in ("--override", o)], "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| second order | 1 | no |" in result.stdout and "| first order | 0.25 | yes |" in result.stdout
+    report = json.loads(out.read_text())
+    assert set(report) == {"benchmark", "bundle", "overrides", "variants", "machine"}
+    variants = report["variants"]
+    assert variants["spatial_size"] == [16, 16, 16] and variants["pairs"] == 1
+    rows = variants["rows"]
+    assert [(r["order"], r["channel_fraction"], r["channels_last"]) for r in rows] == [
+        ("second", 1.0, False), ("first", 1.0, False), ("second", 0.25, False), ("first", 0.25, False),
+        ("first", 0.25, True),
+    ]  # fmt: skip
+    for row in rows:
+        assert row["seconds_per_iteration"] > 0 and row["peak_rss_mib"] > 0
+        assert row["speedup"] == rows[0]["seconds_per_iteration"] / row["seconds_per_iteration"]
 
 
 def test_search_cost_times_one_and_two_processes(tmp_path):

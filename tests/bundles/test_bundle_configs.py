@@ -128,7 +128,7 @@ def test_settings_fill_what_a_workflow_leaves_open_and_workflows_settings_win(tm
         return compose_workflow(bundle, workflow, quiet=True).parser[key]
 
     assert value("train", "spatial_size") == [96, 96, 96]
-    assert value("search", "spatial_size") == [32, 32, 32]  # the search's own small grid stays
+    assert value("search", "spatial_size") == [64, 64, 64]  # the search's own small grid stays
     assert value("evaluate", "refine_steps") == 3
     assert value("inference", "refine_steps") == 4
     assert value("inference", "prealign") == "affine"  # the inference workflow's own default, not the scenario's
@@ -187,3 +187,15 @@ def test_search_learning_rates_and_entropy_weight_are_flat_ids_a_command_line_ca
                             ("hyper_optimizer", "hyper_learning_rate")):  # fmt: skip
         assert parser.get_parsed_content(optimizer)([weight]).param_groups[0]["lr"] == overrides[name]
     assert parser.get_parsed_content("searcher#entropy_weight") == 0.0
+
+
+def test_the_search_network_takes_the_channel_fraction_a_command_line_sets():
+    for fraction in (0.5, 1.0):
+        parser = compose_workflow(
+            REPO_ROOT / "bundles/brain_t1", "search", quiet=True, search_channel_fraction=fraction
+        )
+        parser = parser.parser
+        parser.parse()
+        network = parser.get_parsed_content("network_def")()
+        assert network.channel_fraction == fraction
+        assert {edge.groups for cell in network.moving_features for edge in cell.edges} == {1, round(1 / fraction)}

@@ -40,6 +40,8 @@ class ChainCell(nn.Module):
         edges: ``(in_channels, out_channels, stride)`` of each edge, in order.
         ops: fixed mode: the operation name of each edge; ``None``: search mode.
         op_names: the candidate operations of a search-mode edge (the rows of ``alpha``).
+        channel_fraction: search mode: the fraction of channels each mixed op's candidates see
+            (:class:`MixedOp`; 1: all).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class ChainCell(nn.Module):
         edges: Sequence[tuple[int, int, int]],
         ops: Sequence[str] | None = None,
         op_names: Sequence[str] = PRIMITIVES,
+        channel_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         self.edge_specs = tuple(tuple(edge) for edge in edges)
@@ -55,7 +58,8 @@ class ChainCell(nn.Module):
         if ops is None:
             self.ops: tuple[str, ...] | None = None
             self.edges = nn.ModuleList(
-                MixedOp(spatial_dims, c_in, c_out, stride, self.op_names) for c_in, c_out, stride in self.edge_specs
+                MixedOp(spatial_dims, c_in, c_out, stride, self.op_names, channel_fraction)
+                for c_in, c_out, stride in self.edge_specs
             )
             return
         ops = tuple(ops)
@@ -119,6 +123,7 @@ class FeatureCell(ChainCell):
         out_channels: channels ``C`` of the three other nodes.
         ops: fixed mode: the three operation names; ``None``: search mode.
         op_names: candidate operations in search mode.
+        channel_fraction: search mode: the fraction of channels the candidates see (:class:`MixedOp`).
 
     Input ``(B, in_channels, *S)``, output ``(B, out_channels, *ceil(S / 2))``.
     """
@@ -130,9 +135,10 @@ class FeatureCell(ChainCell):
         out_channels: int,
         ops: Sequence[str] | None = None,
         op_names: Sequence[str] = PRIMITIVES,
+        channel_fraction: float = 1.0,
     ) -> None:
         edges = [(in_channels, out_channels, 1), (out_channels, out_channels, 1), (out_channels, out_channels, 2)]
-        super().__init__(spatial_dims, edges, ops, op_names)
+        super().__init__(spatial_dims, edges, ops, op_names, channel_fraction)
 
 
 class DeformationCell(ChainCell):
@@ -147,6 +153,7 @@ class DeformationCell(ChainCell):
         channels: ``(c1, c2, c3)``, channels of the three other nodes (the paper's 48, 32, 16).
         ops: fixed mode: the three operation names; ``None``: search mode.
         op_names: candidate operations in search mode.
+        channel_fraction: search mode: the fraction of channels the candidates see (:class:`MixedOp`).
 
     Input ``(B, in_channels, *S)``, output ``(B, c3, *S)``.
     """
@@ -158,9 +165,10 @@ class DeformationCell(ChainCell):
         channels: Sequence[int] = (48, 32, 16),
         ops: Sequence[str] | None = None,
         op_names: Sequence[str] = PRIMITIVES,
+        channel_fraction: float = 1.0,
     ) -> None:
         if len(channels) != EDGES_PER_CELL:
             raise ValueError(f"DeformationCell needs {EDGES_PER_CELL} node widths, got {tuple(channels)}")
         widths = [in_channels, *channels]
         edges = [(widths[i], widths[i + 1], 1) for i in range(EDGES_PER_CELL)]
-        super().__init__(spatial_dims, edges, ops, op_names)
+        super().__init__(spatial_dims, edges, ops, op_names, channel_fraction)

@@ -67,6 +67,8 @@ class AutoRegBase(nn.Module):
             oneDNN's convolutions then skip their layout conversions, up to about 3x faster on CPU for the
             same result, depending on the operations (docs/benchmarks.md). Inputs are converted on entry and
             the outputs are returned contiguous, so callers see no difference.
+        channel_fraction: searched cells: the fraction of channels each mixed op's candidates see (partial
+            channel connections, :class:`~autoreg_monai.networks.blocks.MixedOp`); 1: all.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class AutoRegBase(nn.Module):
         feature_ops: Sequence[Sequence[str]] | None,
         deformation_ops: Sequence[Sequence[str]] | None,
         channels_last: bool = False,
+        channel_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -106,7 +109,11 @@ class AutoRegBase(nn.Module):
         self.fixed_features = nn.ModuleList()
         for s in range(num_scales):
             for cells in (self.moving_features, self.fixed_features):
-                cells.append(FeatureCell(spatial_dims, widths[s], widths[s + 1], cell_ops(feature_ops, s), op_names))
+                cells.append(
+                    FeatureCell(
+                        spatial_dims, widths[s], widths[s + 1], cell_ops(feature_ops, s), op_names, channel_fraction
+                    )
+                )
 
         last = self.deformation_channels[-1]
         self.deformation_cells = nn.ModuleList()
@@ -116,7 +123,12 @@ class AutoRegBase(nn.Module):
             cell_in = 2 * self.feature_channels[s] + (0 if coarsest else spatial_dims + last)
             self.deformation_cells.append(
                 DeformationCell(
-                    spatial_dims, cell_in, self.deformation_channels, cell_ops(deformation_ops, s), op_names
+                    spatial_dims,
+                    cell_in,
+                    self.deformation_channels,
+                    cell_ops(deformation_ops, s),
+                    op_names,
+                    channel_fraction,
                 )
             )
             head = Conv[Conv.CONV, spatial_dims](last, spatial_dims, kernel_size=3, padding=1)
@@ -126,6 +138,7 @@ class AutoRegBase(nn.Module):
         self.exponentials = nn.ModuleList(DiffeomorphicTransform(integration_steps) for _ in range(num_scales))
         self.feature_warps = nn.ModuleList(Warp(mode="bilinear", padding_mode="border") for _ in range(num_scales - 1))
         self.compositions = nn.ModuleList(ComposeDDF() for _ in range(num_scales - 1))
+        self.channel_fraction = float(channel_fraction)
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.to(memory_format=self.memory_format)
@@ -239,6 +252,10 @@ class AutoRegSearchNet(AutoRegBase):
         loss_weights: initial λ, ``num_scales + 2`` positive values.
         feature_ops: fixed feature-cell operations per scale, or ``None`` to search them.
         deformation_ops: fixed deformation-cell operations per scale, or ``None`` to search them.
+        channels_last: channels-last weights and activations (see :class:`AutoRegBase`).
+        channel_fraction: the fraction ``1/K`` of channels each mixed op's candidates see (PC-DARTS partial
+            channel connections, :class:`~autoreg_monai.networks.blocks.MixedOp`): about K² fewer
+            operations in the searched convolutions; 1 (default): the full mixture of the paper.
 
     Example::
 
@@ -261,6 +278,8 @@ class AutoRegSearchNet(AutoRegBase):
         loss_weights: Sequence[float] = DEFAULT_LOSS_WEIGHTS,
         feature_ops: Sequence[Sequence[str]] | None = None,
         deformation_ops: Sequence[Sequence[str]] | None = None,
+        channels_last: bool = False,
+        channel_fraction: float = 1.0,
     ) -> None:
         super().__init__(
             spatial_dims,
@@ -271,6 +290,8 @@ class AutoRegSearchNet(AutoRegBase):
             op_names,
             feature_ops,
             deformation_ops,
+            channels_last,
+            channel_fraction,
         )
         self.fixed_feature_ops = None if feature_ops is None else [list(ops) for ops in feature_ops]
         self.fixed_deformation_ops = None if deformation_ops is None else [list(ops) for ops in deformation_ops]
@@ -320,6 +341,7 @@ class AutoRegSearchNet(AutoRegBase):
         config = super().config
         config.update(
             op_names=list(self.op_names),
+            channel_fraction=self.channel_fraction,
             loss_weights=self.loss_weights.detach().tolist(),
             feature_ops=self.fixed_feature_ops,
             deformation_ops=self.fixed_deformation_ops,

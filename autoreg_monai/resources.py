@@ -40,12 +40,13 @@ __all__ = [
     "fixed_grid_memory",
 ]
 
-BYTES_PER_VOXEL_CHANNEL = {"search": 240.0, "inference": 2.0}
+BYTES_PER_VOXEL_CHANNEL = {"search": 240.0, "search_partial": 80.0, "inference": 2.0}
 """Peak bytes per working-grid voxel and network channel (sum of feature and deformation channels).
 
-Measured (benchmarks/results/memory_model.json, CPU): a second-order search iteration grows 227 bytes per
-voxel-channel between 24³ and 40³, a no-grad forward of the trained network 1.4-1.6 between 96³ and
-160x192x224 (channels-last)."""
+Measured (benchmarks/results/memory_model.json, CPU): a second-order search iteration on the full mixture grows
+227 bytes per voxel-channel between 24³ and 40³; the bundles' α stages (first order, a quarter of the channels:
+``search_partial``) 56 between 48³ and 64³ (memory_model_search_partial.json); a no-grad forward of the trained
+network 1.4-1.6 between 96³ and 160x192x224 (channels-last)."""
 
 BASE_BYTES = 256 * 2**20
 """Fixed part of a step's peak growth (weights, optimiser state, buffers): the intercept of the same fit."""
@@ -69,7 +70,7 @@ def estimate_memory(
     deformation_channels: Sequence[int],
     batch_size: int = 1,
 ) -> int:
-    """Estimated peak bytes of one step of ``kind`` (``"search"`` or ``"inference"``) on the working grid.
+    """Estimated peak bytes of one step of ``kind`` (a key of :data:`BYTES_PER_VOXEL_CHANNEL`) on the working grid.
 
     Args:
         kind: a key of :data:`BYTES_PER_VOXEL_CHANNEL`.
@@ -139,7 +140,7 @@ def check_memory(
 
     Args:
         what: the run, for the message (e.g. ``"the feature stage of the search"``).
-        kind: ``"search"`` or ``"inference"``.
+        kind: a key of :data:`BYTES_PER_VOXEL_CHANNEL`.
         spatial_size: the working grid.
         feature_channels: the network's feature channels. deformation_channels: its deformation channels.
         device: where it runs.

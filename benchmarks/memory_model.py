@@ -50,8 +50,9 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def search_iteration(size: int) -> dict[str, Any]:
-    """Grow of peak memory over one second-order search iteration (feature stage) at ``size``³."""
+def search_iteration(size: int, order: str = "second", channel_fraction: float = 1.0) -> dict[str, Any]:
+    """Grow of peak memory over one search iteration (feature stage) at ``size``³: second order on the full
+    mixture (kind ``search``), or the bundles' search, first order on a quarter of the channels (``search_partial``)."""
     torch.manual_seed(0)
     shape = (1, 1, size, size, size)
     pair = {"moving_image": torch.rand(shape), "fixed_image": torch.rand(shape)}
@@ -60,6 +61,7 @@ def search_iteration(size: int) -> dict[str, Any]:
         feature_channels=SEARCH_CHANNELS[0],
         deformation_channels=SEARCH_CHANNELS[1],
         integration_steps=7,
+        channel_fraction=channel_fraction,
     )
     trainer = AutoRegSearchTrainer(
         device="cpu",
@@ -71,6 +73,7 @@ def search_iteration(size: int) -> dict[str, Any]:
         weight_optimizer=torch.optim.Adam(net.weight_parameters(), lr=1e-3),
         upper_optimizer=torch.optim.Adam([net.alpha_feature], lr=1e-2),
         registration_loss=RegistrationLoss("lncc", num_scales=2),
+        order=order,
     )
     before = _rss_bytes()
     trainer.run()
@@ -113,6 +116,9 @@ def fixed_grid_composition(size: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--search_sizes", default="24,32,40", help="comma-separated cube sides of the search step")
+    parser.add_argument(
+        "--partial_search_sizes", default="32,48,64", help="cube sides of the bundles' search step (first order, 1/4)"
+    )
     parser.add_argument("--inference_sizes", default="64,96,128", help="comma-separated cube sides of inference")
     parser.add_argument("--fixed_sizes", default="128,192", help="comma-separated cube sides of the fixed grid")
     parser.add_argument("--genotype", default=str(REPO_ROOT / "bundles" / "brain_t1" / "models" / "genotype.json"))
@@ -120,11 +126,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     rows = []
     plans = [("search", int(s), SEARCH_CHANNELS) for s in args.search_sizes.split(",") if s]
+    plans += [("search_partial", int(s), SEARCH_CHANNELS) for s in args.partial_search_sizes.split(",") if s]
     plans += [("inference", int(s), NETWORK_CHANNELS) for s in args.inference_sizes.split(",") if s]
     plans += [("fixed_grid", int(s), None) for s in args.fixed_sizes.split(",") if s]
     for kind, size, channels in plans:
         if kind == "search":
             measured = run_isolated(search_iteration, size)
+        elif kind == "search_partial":
+            measured = run_isolated(search_iteration, size, "first", 0.25)
         elif kind == "inference":
             measured = run_isolated(inference_forward, size, args.genotype)
         else:

@@ -342,6 +342,28 @@ def test_a_search_that_cannot_fit_is_refused_before_its_first_step(tmp_path, tin
     assert not (tmp_path / "search").exists()
 
 
+def test_the_search_estimates_its_alpha_stages_by_how_they_run(tmp_path, tiny_searcher, monkeypatch):
+    """First-order α steps on a quarter of the channels (the bundles' default) hold about a third of the memory of a
+    second-order step on the full mixture (benchmarks/memory_model.py): the guard uses the matching coefficient."""
+    from autoreg_monai import resources
+    from autoreg_monai.search import searcher as searcher_module
+
+    kinds = []
+
+    def record(what, kind, *args, **kwargs):
+        kinds.append(kind)
+        raise resources.InsufficientMemoryError("stop here")
+
+    monkeypatch.setattr(searcher_module, "check_memory", record)
+    for order, fraction in (("first", 0.25), ("second", 0.25), ("first", 1.0)):
+        searcher = tiny_searcher(tmp_path / f"{order}_{fraction}", order=order, search_channel_fraction=fraction)
+        with pytest.raises(resources.InsufficientMemoryError, match="stop here"):
+            searcher.run_stage("feature")
+    assert kinds == ["search_partial", "search", "search"]
+    partial = resources.estimate_memory("search_partial", (64, 64, 64), [8, 16], [16, 16, 8])
+    assert 1.25 * partial < resources.estimate_memory("search", (64, 64, 64), [8, 16], [16, 16, 8]) / 2
+
+
 def test_a_registration_that_cannot_fit_is_refused_by_the_cli(sample_data, tmp_path, monkeypatch, autoreg_main):
     from autoreg_monai import resources
 

@@ -253,9 +253,10 @@ class AutoRegSearch:
         broadcast_module(network)  # every rank starts from rank 0's ω and α
         spatial_size = _spatial_size(self.train_loader)
         if spatial_size is not None:  # before anything of the stage is written
+            partial = stage != SearchStage.OBJECTIVE and self.order == "first" and network.channel_fraction <= 0.25
             check_memory(
                 f"the {stage.value} stage of the search",
-                "search",
+                "search_partial" if partial else "search",
                 spatial_size,
                 network.feature_channels,
                 network.deformation_channels,

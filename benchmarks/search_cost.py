@@ -319,7 +319,8 @@ def variant_costs(bundle: str, overrides: dict[str, Any], work: Path, pairs: int
     base = rows[0]["seconds_per_iteration"]
     for row in rows:
         row["speedup"] = base / row["seconds_per_iteration"]
-    return {"spatial_size": _config_value(bundle, "search", "spatial_size"), "pairs": pairs, "rows": rows}
+    spatial_size = overrides.get("spatial_size", _config_value(bundle, "search", "spatial_size"))
+    return {"spatial_size": list(spatial_size), "pairs": pairs, "rows": rows}
 
 
 def tables(result: dict[str, Any]) -> str:

@@ -333,7 +333,7 @@ def fetch(
     Example::
 
         autoreg fetch --source dist/brain_t1.zip --out ~/autoreg
-        autoreg register --bundle ~/autoreg/brain_t1_v0.6.1 --fixed f.nii.gz --moving m.nii.gz
+        autoreg register --bundle ~/autoreg/brain_t1_v0.6.2 --fixed f.nii.gz --moving m.nii.gz
     """
     folder = fetch_bundle(str(source), str(out), sha256, max_unpacked_mb)
     _say(quiet, f"bundle ready in {folder}")

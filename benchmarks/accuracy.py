@@ -271,8 +271,10 @@ def register_pair(
     refine_budgets: list[int],
     parser: ConfigParser | None,
     network: torch.nn.Module | None,
+    refine_loss_weights: list[float] | None = None,
 ) -> list[dict[str, Any]]:
-    """All methods on one pair; one row per method."""
+    """All methods on one pair; one row per method. ``refine_loss_weights``: λ of our refinement instead of the
+    genotype's."""
     load = LoadImage(image_only=True, ensure_channel_first=True)
     fixed, moving = load(pair["fixed"]), load(pair["moving"])
     fixed_label, moving_label = load(pair["fixed_label"])[0], load(pair["moving_label"])
@@ -321,7 +323,7 @@ def register_pair(
         for steps in refine_budgets:
             refinement = TestTimeRefinement(
                 template.registration_loss,
-                template.loss_weights,
+                template.loss_weights if refine_loss_weights is None else refine_loss_weights,
                 steps=steps,
                 levels=template.levels,
                 learning_rate=template.learning_rate,
@@ -376,6 +378,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="10,30,60",
         help="refinement budgets of our rows (0, the network alone, is always run)",
     )
+    parser.add_argument(
+        "--refine_loss_weights",
+        help="comma-separated λ of our refinement instead of the genotype's (e.g. the initial 10,15,3.2,0.8)",
+    )
     parser.add_argument("--pairs", help="a JSON list of pairs {name, moving, moving_label, fixed, fixed_label}")
     parser.add_argument(
         "--only", help="comma-separated parts of pair names to keep (e.g. IXI, or fsaverage); default every pair"
@@ -395,6 +401,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f'--methods: {", ".join(missing)} not installed: pip install -e ".[bench]" (antspyx, itk-elastix)'
         )
     budgets = sorted({0, *(int(b) for b in args.refine_steps.split(",") if b.strip())})
+    refine_weights = None
+    if args.refine_loss_weights:
+        try:
+            refine_weights = [float(w) for w in args.refine_loss_weights.split(",")]
+        except ValueError:
+            message = f"--refine_loss_weights: comma-separated numbers, got {args.refine_loss_weights!r}"
+            raise SystemExit(message) from None
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     pairs = json.loads(Path(args.pairs).read_text()) if args.pairs else default_pairs(DATA)
@@ -411,12 +424,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         network.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
         network.eval()
         Genotype.from_json(bundle_parser.get_parsed_content("genotype"))  # the genotype file must load
+        if refine_weights is not None:
+            try:
+                bundle_parser.get_parsed_content("refinement").registration_loss.check_weights(refine_weights)
+            except ValueError as error:
+                raise SystemExit(f"--refine_loss_weights: {error}") from None
     classical = classical_methods(names)
     per_pair: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     with torch.no_grad():
         for pair in pairs:  # the JSON is rewritten after every pair: an interrupted run keeps what it measured
-            per_pair += register_pair(pair, classical, budgets, bundle_parser, network)
+            per_pair += register_pair(pair, classical, budgets, bundle_parser, network, refine_weights)
             methods = list(dict.fromkeys(row["method"] for row in per_pair))
             summary = {
                 method: {
@@ -431,6 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "model": str(args.model or f"bundles/{args.bundle}/models/model.pt"),
                 "threads": args.threads,
                 "refine_steps": budgets,
+                "refine_loss_weights": refine_weights or "the genotype's",
                 "machine": machine("cpu"),
                 "complete": len({row["pair"] for row in per_pair}) == len(pairs),
                 "summary": summary,

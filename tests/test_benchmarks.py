@@ -202,6 +202,14 @@ def test_accuracy_only_keeps_the_pairs_named(sample_data):
         accuracy.main(["--only", "no_such_pair", "--methods", "affine"])
 
 
+def test_accuracy_refuses_refinement_weights_that_do_not_fit_the_loss(sample_data):
+    accuracy = _benchmark_module("accuracy")
+    with pytest.raises(SystemExit, match="--refine_loss_weights: comma-separated numbers, got 'ten'"):
+        accuracy.main(["--refine_loss_weights", "ten", "--methods", "autoreg", "--only", "IXI013"])
+    with pytest.raises(SystemExit, match=r"--refine_loss_weights: the registration loss has 4 terms but \(2,\)"):
+        accuracy.main(["--refine_loss_weights", "1,2", "--methods", "autoreg", "--only", "IXI013"])
+
+
 def test_seed_agreement_counts_the_edges_every_search_seed_chose_alike():
     seed_agreement = _benchmark_module("search_value").seed_agreement
     first = Genotype.paper_default()

@@ -24,7 +24,8 @@ nearest neighbour), as ``autoreg register`` writes it. Methods:
   extra is installed (``pip install -e ".[bench]"``);
 - ``autoreg``: the bundle's inference workflow (working grid of the bundle, e.g. 2 mm), the network alone;
 - ``autoreg+refine<N>``: the same with ``N`` steps of test-time refinement (``--refine_steps``; the
-  bundle's default ``refine_steps`` is the setting of ``autoreg register``).
+  bundle's default ``refine_steps`` is the setting of ``autoreg register``); ``--refine_loss_weights``
+  refines with another λ than the genotype's (what a λ is worth on real scans).
 
 Columns: mean Dice over the labels both label maps hold, % voxels of the fixed grid where the Jacobian
 determinant of the whole transform is <= 0, HD95 in mm (mean over labels), and seconds per pair as a user
@@ -35,6 +36,7 @@ the scans is not counted; our rows include the bundle's whole preprocessing).
     python benchmarks/accuracy.py --methods affine,demons,autoreg --refine_steps 10,30
     python benchmarks/accuracy.py --pairs pairs.json --out /tmp/accuracy.json   # [{name, moving, ...}, ...]
     python benchmarks/accuracy.py --only fsaverage --methods affine,demons,autoreg   # the atlas pairs only
+    python benchmarks/accuracy.py --methods autoreg --refine_steps 10 --refine_loss_weights 10,15,3.2,0.8
 """
 
 from __future__ import annotations
